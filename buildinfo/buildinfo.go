@@ -15,7 +15,7 @@ func Version() string {
 	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "dev"
+		return "devel"
 	}
 	if v := bi.Main.Version; v != "" && v != "(devel)" {
 		return v
@@ -37,5 +37,5 @@ func Version() string {
 	if rev != "" {
 		return "dev-" + rev + dirty
 	}
-	return "dev"
+	return "devel"
 }

@@ -224,3 +224,25 @@ func assertViolations(t *testing.T, got Violations, want []Violation) {
 		}
 	}
 }
+
+// FuzzParseYAML: any input either parses into a spec that validates clean, or is refused with
+// an error or violations; it never panics.
+func FuzzParseYAML(f *testing.F) {
+	if data, err := os.ReadFile("../ops/examples/pipeline.yaml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte(base))
+	f.Add([]byte("name: web\nstages: [{name: a, batch: {max_unavailable: 150%}}]\n"))
+	f.Add([]byte("{\"name\": 1, \"deploy\": []}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, vs, err := ParseYAML(data)
+		if spec != nil && (err != nil || len(vs) > 0) {
+			t.Fatalf("spec returned together with errors: %v %v", err, vs)
+		}
+		if spec != nil {
+			if again := Validate(spec); len(again) > 0 {
+				t.Fatalf("accepted spec does not validate after defaults: %v", again)
+			}
+		}
+	})
+}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -18,7 +17,6 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/pflag"
-	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -79,10 +77,14 @@ func (c *Config) BaseURL() string {
 	return "http://" + a
 }
 
-// HTTPClient returns a client speaking HTTP/2 (h2c for plain http, so streaming RPCs work) or
-// HTTPS with the configured CA.
+// HTTPClient returns a client speaking HTTP/2: h2c (prior knowledge) for plain http, so
+// streaming RPCs work without TLS, or HTTPS trusting the configured CA.
 func (c *Config) HTTPClient() (*http.Client, error) {
+	protocols := new(http.Protocols)
+	tr := &http.Transport{Proxy: http.ProxyFromEnvironment, Protocols: protocols}
 	if strings.HasPrefix(c.BaseURL(), "https://") {
+		protocols.SetHTTP1(true)
+		protocols.SetHTTP2(true)
 		tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
 		if c.CACert != "" {
 			pem, err := os.ReadFile(c.CACert)
@@ -95,15 +97,11 @@ func (c *Config) HTTPClient() (*http.Client, error) {
 			}
 			tlsConf.RootCAs = pool
 		}
-		return &http.Client{Transport: &http2.Transport{TLSClientConfig: tlsConf}}, nil
+		tr.TLSClientConfig = tlsConf
+		return &http.Client{Transport: tr}, nil
 	}
-	return &http.Client{Transport: &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-	}}, nil
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: tr}, nil
 }
 
 // ClientOptions returns the connect options every generated client needs: the bearer token.

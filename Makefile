@@ -1,0 +1,58 @@
+# Captain's build. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/captain-cd/captain/buildinfo.version=$(VERSION)
+BUF := go tool -modfile=protocol/tools.mod buf
+BINARIES := captaind=./coordinator/cmd/captaind captain-agent=./agent/cmd/captain-agent captain=./ops/cmd/captain
+# How long each fuzz target runs in `make fuzz` (part of `make test`).
+FUZZTIME ?= 10s
+
+.PHONY: help build generate check-generate lint test test-unit fuzz clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## build bin/captaind, bin/captain-agent and bin/captain, stamped with the git version
+	@mkdir -p bin
+	@for b in $(BINARIES); do \
+		echo "go build -o bin/$${b%%=*} $${b#*=}"; \
+		CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$${b%%=*} $${b#*=}; \
+	done
+
+generate: ## regenerate protocol/gen from the .proto sources (buf + protoc-gen-go + protoc-gen-connect-go via go tool)
+	rm -rf protocol/gen
+	$(BUF) generate
+
+check-generate: ## fail when protocol/gen differs from what the .proto sources generate
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(BUF) generate -o "$$tmp"; \
+	if ! diff -r protocol/gen "$$tmp/protocol/gen" >/dev/null; then \
+		diff -r protocol/gen "$$tmp/protocol/gen" | head -20; \
+		echo "protocol/gen is out of date or was edited by hand: run 'make generate' and commit the result" >&2; \
+		exit 1; \
+	fi; echo "protocol/gen is up to date"
+
+lint: ## gofmt, go vet, staticcheck and buf lint
+	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	go tool staticcheck ./...
+	$(BUF) lint
+
+test-unit: ## go test -race ./...
+	go test -race -timeout 20m ./...
+
+fuzz: ## run every fuzz target (func FuzzXxx in *_test.go) for FUZZTIME each
+	@grep -rlE --include='*_test.go' --exclude-dir=.git '^func Fuzz' . | sort | while read -r f; do \
+		for n in $$(grep -hoE '^func Fuzz[A-Za-z0-9_]+' "$$f" | cut -c6-); do \
+			d=./$$(dirname "$${f#./}"); echo "fuzz $$n in $$d for $(FUZZTIME)"; \
+			go test -run '^$$' -fuzz "^$$n$$" -fuzztime $(FUZZTIME) "$$d"; \
+		done; \
+	done
+
+test: lint check-generate test-unit fuzz ## everything CI runs: lint, check-generate, tests with -race, brief fuzzing
+
+clean: ## remove build output
+	rm -rf bin
