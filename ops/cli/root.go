@@ -5,6 +5,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/captain-cd/captain/buildinfo"
+	"github.com/captain-cd/captain/ops/cli/artifactcmd"
 	"github.com/captain-cd/captain/ops/cli/clientcfg"
 )
 
@@ -33,5 +34,6 @@ Commands that only read files (pipeline validate, keygen) need neither.`,
 	root.SetVersionTemplate("captain {{.Version}}\n")
 
 	root.AddCommand(newPipelineCommand(cfg))
+	root.AddCommand(artifactcmd.NewArtifactCommand(cfg), artifactcmd.NewKeygenCommand())
 	return root
 }
