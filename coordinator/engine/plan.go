@@ -40,6 +40,16 @@ type View struct {
 	Hosts []*captainv1.Host
 	// Alarms holds external alarms by name.
 	Alarms map[string]*captainv1.Alarm
+	// TestResults are finished test runs not yet recorded in their stage.
+	TestResults []TestResult
+}
+
+// TestResult is the outcome of one approval test run for a stage's release.
+type TestResult struct {
+	Stage   string
+	Release uint64
+	Name    string
+	Output  *captainv1.StepOutput
 }
 
 // Update is what Plan decided: rows to write in one Raft command, and when to look again even if
@@ -218,8 +228,60 @@ func (pl *plan) step(i int, st *captainv1.Stage) {
 			pl.advanceRollback(st, s)
 		}
 		if s.GetPhase() == before {
-			return
+			break
 		}
+	}
+	if ph := s.GetPhase(); ph == captainv1.StagePhase_STAGE_PHASE_IDLE || ph == captainv1.StagePhase_STAGE_PHASE_VERIFYING {
+		pl.catchUp(st, s)
+	}
+}
+
+// catchUp brings hosts that are new to an environment, or back from down, to the environment's
+// current release with a deployment of their own, so no new release is needed for them. A host
+// that failed its catch-up is not retried for the same release: the failure stays visible in
+// the environment's history and host-health alarms.
+func (pl *plan) catchUp(st *captainv1.Stage, s *captainv1.StageState) {
+	for _, env := range st.GetEnvironments() {
+		es := envState(s, env.GetName())
+		r := es.GetCurrentRelease()
+		if r == 0 {
+			continue
+		}
+		last := pl.deps[es.GetDeploymentId()]
+		if last != nil && (last.GetState() == captainv1.DeploymentState_DEPLOYMENT_STATE_IN_PROGRESS || last.GetState() == captainv1.DeploymentState_DEPLOYMENT_STATE_PENDING) {
+			pl.advanceDeployment(st, last) // a catch-up in flight
+			continue
+		}
+		inLast := map[string]captainv1.HostDeployState{}
+		for _, hr := range last.GetHosts() {
+			inLast[hr.GetHostId()] = hr.GetState()
+		}
+		var behind []string
+		for _, h := range pl.members[env.GetName()] {
+			if h.GetLiveness() == captainv1.Liveness_LIVENESS_DOWN || hostApp(h, pl.spec.GetName()).GetCurrentRelease() == r {
+				continue
+			}
+			if state, ok := inLast[h.GetId()]; !ok || state == captainv1.HostDeployState_HOST_DEPLOY_STATE_SKIPPED {
+				behind = append(behind, h.GetId())
+			}
+		}
+		if len(behind) == 0 {
+			continue
+		}
+		kind := captainv1.DeploymentKind_DEPLOYMENT_KIND_DEPLOY
+		if last.GetKind() == captainv1.DeploymentKind_DEPLOYMENT_KIND_ROLLBACK {
+			kind = captainv1.DeploymentKind_DEPLOYMENT_KIND_ROLLBACK
+		}
+		isBehind := func(h *captainv1.Host) bool { return slices.Contains(behind, h.GetId()) }
+		d := pl.newDeployment(st, env, kind, r, r,
+			&captainv1.Trigger{Kind: captainv1.TriggerKind_TRIGGER_KIND_PIPELINE, Reason: fmt.Sprintf("catch-up: %d host(s) joined or returned", len(behind))},
+			func(h *captainv1.Host) bool { return !isBehind(h) })
+		// Hosts already on the release are not part of a catch-up at all.
+		d.Hosts = slices.DeleteFunc(d.Hosts, func(hr *captainv1.HostResult) bool { return !slices.Contains(behind, hr.GetHostId()) })
+		es.DeploymentId = d.GetId()
+		pl.dirtyS[s.GetStage()] = true
+		pl.record("deployment.catch_up", s, r, fmt.Sprintf("bringing %s in environment %s to release %d", strings.Join(behind, ", "), env.GetName(), r), nil)
+		pl.advanceDeployment(st, d)
 	}
 }
 
@@ -535,6 +597,18 @@ func (pl *plan) setApproval(s *captainv1.StageState, step string, state captainv
 
 // verify judges the approval steps of a deployed release.
 func (pl *plan) verify(st *captainv1.Stage, s *captainv1.StageState) {
+	for _, tr := range pl.v.TestResults {
+		a := findApproval(s, testPrefix+tr.Name)
+		if tr.Stage != s.GetStage() || tr.Release != s.GetRelease() || a == nil || a.GetState() != captainv1.ApprovalStepState_APPROVAL_STEP_STATE_PENDING {
+			continue
+		}
+		state, detail := captainv1.ApprovalStepState_APPROVAL_STEP_STATE_PASSED, "passed"
+		if !tr.Output.GetPassed() {
+			state, detail = captainv1.ApprovalStepState_APPROVAL_STEP_STATE_FAILED, firstLine(tr.Output.GetOutput())
+		}
+		a.Outputs = append(a.Outputs, tr.Output)
+		pl.setApproval(s, a.GetStep(), state, detail)
+	}
 	if name, why := pl.firingAlarm(st, s, true); name != "" {
 		pl.setApproval(s, StepAlarms, captainv1.ApprovalStepState_APPROVAL_STEP_STATE_FAILED, why)
 		pl.fail(st, s, why, name)
@@ -695,6 +769,13 @@ func (pl *plan) advanceRollback(st *captainv1.Stage, s *captainv1.StageState) {
 		pl.setPhase(s, captainv1.StagePhase_STAGE_PHASE_IDLE)
 		pl.record("rollback.finished", s, s.GetRelease(), "rollback of stage "+s.GetStage()+" finished; promotions stay blocked until an operator enables them", nil)
 	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 func envState(s *captainv1.StageState, env string) *captainv1.EnvironmentState {

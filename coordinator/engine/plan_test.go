@@ -526,3 +526,59 @@ func TestHostMatchingTwoEnvironmentsIsLeftAlone(t *testing.T) {
 		t.Fatalf("Matches = %v", got)
 	}
 }
+
+func TestHostJoiningLaterCatchesUpWithoutANewRelease(t *testing.T) {
+	s := newSim(t, threeStages, threeStageHosts)
+	r1 := s.shipAll()
+	s.view.Hosts = append(s.view.Hosts, &captainv1.Host{Id: "h-z1c", Labels: map[string]string{"az": "z1"}, Liveness: captainv1.Liveness_LIVENESS_UP})
+	s.advance(time.Second)
+	if got := s.runs("h-z1c"); got != r1 {
+		t.Fatalf("new host runs %d, want the environment's release %d", got, r1)
+	}
+	if s.view.Latest != r1 {
+		t.Fatal("a release was created for the catch-up")
+	}
+	d := s.view.Deployments[s.env("zone1", "zone1").GetDeploymentId()]
+	if len(d.GetHosts()) != 1 || d.GetHosts()[0].GetHostId() != "h-z1c" || !strings.Contains(d.GetTrigger().GetReason(), "catch-up") {
+		t.Fatalf("catch-up deployment = %v", d)
+	}
+	// Nothing more happens once it caught up.
+	if u := s.planner.Plan(s.view, s.now); !u.Empty() {
+		t.Fatalf("plan after catch-up not empty: %v", u)
+	}
+}
+
+func TestHostDownDuringADeploymentCatchesUpWhenItReturns(t *testing.T) {
+	s := newSim(t, threeStages, threeStageHosts)
+	r1 := s.shipAll()
+	s.host("h-z2b").Liveness = captainv1.Liveness_LIVENESS_DOWN
+	r2 := s.shipAll()
+	if s.runs("h-z2b") != r1 || s.runs("h-z2a") != r2 {
+		t.Fatalf("before return: z2a=%d z2b=%d", s.runs("h-z2a"), s.runs("h-z2b"))
+	}
+	s.host("h-z2b").Liveness = captainv1.Liveness_LIVENESS_UP
+	s.advance(time.Second)
+	if got := s.runs("h-z2b"); got != r2 {
+		t.Fatalf("returned host runs %d, want %d", got, r2)
+	}
+}
+
+func TestFailedCatchUpIsNotRetriedForTheSameRelease(t *testing.T) {
+	s := newSim(t, threeStages, threeStageHosts)
+	r1 := s.shipAll()
+	s.view.Hosts = append(s.view.Hosts, &captainv1.Host{Id: "h-z1c", Labels: map[string]string{"az": "z1"}, Liveness: captainv1.Liveness_LIVENESS_UP})
+	s.badHosts["h-z1c"] = map[uint64]bool{r1: true}
+	s.advance(time.Second)
+	s.advance(time.Hour)
+	n := 0
+	for _, d := range s.view.Deployments {
+		for _, hr := range d.GetHosts() {
+			if hr.GetHostId() == "h-z1c" {
+				n++
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("host h-z1c was in %d deployments, want exactly one failed catch-up", n)
+	}
+}
