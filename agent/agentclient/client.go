@@ -28,7 +28,7 @@ type Credentials struct {
 	HostSecret string
 }
 
-// Bearer is the token the next call sends.
+// Bearer is the token the next call sends (Register sends the join token when there is one).
 func (c Credentials) Bearer() string {
 	if c.HostID != "" && c.HostSecret != "" {
 		return "host:" + c.HostID + ":" + c.HostSecret
@@ -86,7 +86,10 @@ func (c *Client) SetCredentials(creds Credentials) {
 	c.creds = creds
 }
 
-func (c *Client) pick() (string, captainv1connect.AgentServiceClient, string) {
+// pick returns the current coordinator and the bearer token to send: the join token for a
+// registration (so a re-registration needs no switch of credentials that other calls in
+// flight would see), the host credential for everything else.
+func (c *Client) pick(register bool) (string, captainv1connect.AgentServiceClient, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	addr := c.addrs[c.cur%len(c.addrs)]
@@ -94,6 +97,9 @@ func (c *Client) pick() (string, captainv1connect.AgentServiceClient, string) {
 	if cl == nil {
 		cl = captainv1connect.NewAgentServiceClient(c.http, strings.TrimRight(addr, "/"))
 		c.client[addr] = cl
+	}
+	if register && c.creds.JoinToken != "" {
+		return addr, cl, c.creds.JoinToken
 	}
 	return addr, cl, c.creds.Bearer()
 }
@@ -127,10 +133,10 @@ func retryable(err error) bool {
 
 // unary calls fn against the current coordinator, moving through the list with backoff until it
 // succeeds, fails for a reason another node would share (bad credentials, bad request), or ctx ends.
-func unary[Req, Res any](ctx context.Context, c *Client, call func(captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error), msg *Req) (*Res, error) {
+func unary[Req, Res any](ctx context.Context, c *Client, register bool, call func(captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error), msg *Req) (*Res, error) {
 	var last error
 	for attempt := 0; ; attempt++ {
-		addr, cl, bearer := c.pick()
+		addr, cl, bearer := c.pick(register)
 		req := connect.NewRequest(msg)
 		if bearer != "" {
 			req.Header().Set("Authorization", "Bearer "+bearer)
@@ -160,21 +166,21 @@ func unary[Req, Res any](ctx context.Context, c *Client, call func(captainv1conn
 
 // Register registers the host; it retries across coordinators until ctx ends.
 func (c *Client) Register(ctx context.Context, req *captainv1.RegisterRequest) (*captainv1.RegisterResponse, error) {
-	return unary(ctx, c, func(cl captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[captainv1.RegisterRequest]) (*connect.Response[captainv1.RegisterResponse], error) {
+	return unary(ctx, c, true, func(cl captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[captainv1.RegisterRequest]) (*connect.Response[captainv1.RegisterResponse], error) {
 		return cl.Register
 	}, req)
 }
 
 // Heartbeat sends one heartbeat.
 func (c *Client) Heartbeat(ctx context.Context, req *captainv1.HeartbeatRequest) (*captainv1.HeartbeatResponse, error) {
-	return unary(ctx, c, func(cl captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[captainv1.HeartbeatRequest]) (*connect.Response[captainv1.HeartbeatResponse], error) {
+	return unary(ctx, c, false, func(cl captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[captainv1.HeartbeatRequest]) (*connect.Response[captainv1.HeartbeatResponse], error) {
 		return cl.Heartbeat
 	}, req)
 }
 
 // Report sends a batch of events and returns the highest sequence stored.
 func (c *Client) Report(ctx context.Context, req *captainv1.ReportRequest) (*captainv1.ReportResponse, error) {
-	return unary(ctx, c, func(cl captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[captainv1.ReportRequest]) (*connect.Response[captainv1.ReportResponse], error) {
+	return unary(ctx, c, false, func(cl captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[captainv1.ReportRequest]) (*connect.Response[captainv1.ReportResponse], error) {
 		return cl.Report
 	}, req)
 }
@@ -185,7 +191,7 @@ func (c *Client) Report(ctx context.Context, req *captainv1.ReportRequest) (*cap
 func (c *Client) Watch(ctx context.Context, hostID string, after uint64, fn func(*captainv1.WatchResponse) error) error {
 	failures := 0
 	for {
-		addr, cl, bearer := c.pick()
+		addr, cl, bearer := c.pick(false)
 		req := connect.NewRequest(&captainv1.WatchRequest{HostId: hostID, AfterIndex: after})
 		if bearer != "" {
 			req.Header().Set("Authorization", "Bearer "+bearer)

@@ -117,6 +117,24 @@ func TestFailsOverToTheNextCoordinator(t *testing.T) {
 	}
 }
 
+func TestRegisterSendsTheJoinTokenWhileOtherCallsKeepTheHostCredential(t *testing.T) {
+	live := &coordinator{}
+	c, _ := New([]string{serve(t, live)}, Credentials{JoinToken: "join-secret", HostID: "h1", HostSecret: "old"}, Options{HTTPClient: h2c(), MinBackoff: time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Register(ctx, &captainv1.RegisterRequest{HostId: "h1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, &captainv1.HeartbeatRequest{HostId: "h1"}); err != nil {
+		t.Fatal(err)
+	}
+	live.mu.Lock()
+	defer live.mu.Unlock()
+	if len(live.auth) != 2 || live.auth[0] != "Bearer join-secret" || live.auth[1] != "Bearer host:h1:old" {
+		t.Fatalf("credentials sent = %v, want the join token for Register, the host credential after", live.auth)
+	}
+}
+
 func TestAuthenticationErrorsAreNotRetried(t *testing.T) {
 	live := &coordinator{}
 	c, _ := New([]string{serve(t, live)}, Credentials{JoinToken: "wrong"}, Options{HTTPClient: h2c(), MinBackoff: time.Millisecond})

@@ -57,7 +57,11 @@ checks and reports the result to the coordinators.
 Its state lives in the state directory (default /var/lib/captain): the deployment in
 progress and the step it reached, what runs now, the last good release, the artifact
 cache and the events not yet reported. A killed agent resumes from there.`,
-		Example: `  # What does this host run, from local state alone?
+		Example: `  # Make this host a Captain host (as root):
+  captain-agent install --coordinator http://10.0.0.1:7400 --join-token-file /tmp/join-token \
+    --labels region=us-east-1,az=use1-az1 --trusted-key /tmp/release.pub
+
+  # What does this host run, from local state alone?
   captain-agent status
   captain-agent status -o json
 
@@ -74,6 +78,6 @@ cache and the events not yet reported. A killed agent resumes from there.`,
 	root.SetErr(stderr)
 	root.SetVersionTemplate("captain-agent {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newStatusCmd(g))
+	root.AddCommand(newStatusCmd(g), newRunCmd(g), newInstallCmd(g), newUninstallCmd(g))
 	return root
 }

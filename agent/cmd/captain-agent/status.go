@@ -19,6 +19,7 @@ import (
 
 	"github.com/captain-cd/captain/agent/deploy"
 	"github.com/captain-cd/captain/agent/localstate"
+	"github.com/captain-cd/captain/agent/loop"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -51,6 +52,11 @@ the state file.`,
 				return err
 			}
 			rep := buildStatus(o.stateDir, st)
+			if id, ok, err := loop.LoadIdentity(o.stateDir); err != nil {
+				g.log.Warn("host identity unreadable", "err", err)
+			} else if ok {
+				rep.HostID = id.HostID
+			}
 			g.log.Debug("status read", "state_file", filepath.Join(o.stateDir, localstate.FileName), "apps", len(rep.Apps))
 			if o.output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -68,7 +74,9 @@ the state file.`,
 // statusReport is the JSON shape of `status -o json`; field names are part of the CLI's
 // contract, keep them stable.
 type statusReport struct {
-	StateDir      string      `json:"state_dir"`
+	StateDir string `json:"state_dir"`
+	// HostID is the identity the coordinator gave this host; empty before registration.
+	HostID        string      `json:"host_id,omitempty"`
 	PendingEvents int         `json:"pending_events"`
 	Apps          []appStatus `json:"apps"`
 }
@@ -203,6 +211,9 @@ func diskReleases(a *localstate.App, currentDir string) []diskRelease {
 }
 
 func printStatus(w io.Writer, rep statusReport) error {
+	if rep.HostID != "" {
+		fmt.Fprintf(w, "host %s\n\n", rep.HostID)
+	}
 	if len(rep.Apps) == 0 {
 		_, err := fmt.Fprintf(w, "No deployments recorded in %s yet.\n", rep.StateDir)
 		return err
