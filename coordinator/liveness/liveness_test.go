@@ -18,7 +18,7 @@ type fakeClock struct {
 func newFakeClock() *fakeClock {
 	return &fakeClock{now: time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), ch: make(chan time.Time)}
 }
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Now() time.Time                       { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *fakeClock) After(time.Duration) <-chan time.Time { return c.ch }
 func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Lock()
