@@ -10,15 +10,6 @@ import (
 	"github.com/captain-cd/captain/pipelinespec"
 )
 
-func newPipelineCommand(cfg *clientcfg.Config) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "pipeline",
-		Short: "Validate pipeline specs",
-	}
-	cmd.AddCommand(newPipelineValidateCommand(cfg))
-	return cmd
-}
-
 func newPipelineValidateCommand(cfg *clientcfg.Config) *cobra.Command {
 	var file string
 	cmd := &cobra.Command{

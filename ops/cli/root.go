@@ -7,6 +7,7 @@ import (
 	"github.com/captain-cd/captain/buildinfo"
 	"github.com/captain-cd/captain/ops/cli/artifactcmd"
 	"github.com/captain-cd/captain/ops/cli/clientcfg"
+	"github.com/captain-cd/captain/ops/cli/coordcmd"
 )
 
 // NewRootCommand returns the `captain` command with every subcommand attached.
@@ -33,7 +34,12 @@ Commands that only read files (pipeline validate, keygen) need neither.`,
 	cfg.BindFlags(root.PersistentFlags())
 	root.SetVersionTemplate("captain {{.Version}}\n")
 
-	root.AddCommand(newPipelineCommand(cfg))
+	for _, c := range coordcmd.NewCommands(cfg) {
+		if c.Name() == "pipeline" {
+			c.AddCommand(newPipelineValidateCommand(cfg))
+		}
+		root.AddCommand(c)
+	}
 	root.AddCommand(artifactcmd.NewArtifactCommand(cfg), artifactcmd.NewKeygenCommand())
 	return root
 }

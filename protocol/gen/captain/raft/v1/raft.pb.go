@@ -55,6 +55,7 @@ type Command struct {
 	//	*Command_Approve
 	//	*Command_RemoveHost
 	//	*Command_StartRollback
+	//	*Command_SetMember
 	Body          isCommand_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -242,6 +243,15 @@ func (x *Command) GetStartRollback() *StartRollback {
 	return nil
 }
 
+func (x *Command) GetSetMember() *SetMember {
+	if x != nil {
+		if x, ok := x.Body.(*Command_SetMember); ok {
+			return x.SetMember
+		}
+	}
+	return nil
+}
+
 type isCommand_Body interface {
 	isCommand_Body()
 }
@@ -311,6 +321,11 @@ type Command_StartRollback struct {
 	StartRollback *StartRollback `protobuf:"bytes,22,opt,name=start_rollback,json=startRollback,proto3,oneof"`
 }
 
+type Command_SetMember struct {
+	// Record or forget a coordinator node's addresses (written on bootstrap and join).
+	SetMember *SetMember `protobuf:"bytes,23,opt,name=set_member,json=setMember,proto3,oneof"`
+}
+
 func (*Command_ApplyPipeline) isCommand_Body() {}
 
 func (*Command_CreateRelease) isCommand_Body() {}
@@ -336,6 +351,8 @@ func (*Command_Approve) isCommand_Body() {}
 func (*Command_RemoveHost) isCommand_Body() {}
 
 func (*Command_StartRollback) isCommand_Body() {}
+
+func (*Command_SetMember) isCommand_Body() {}
 
 // ApplyPipeline stores a spec as the pipeline's next version (the FSM numbers it).
 type ApplyPipeline struct {
@@ -1208,6 +1225,135 @@ func (x *StartRollback) GetPlan() []*v1.EnvironmentRollback {
 	return nil
 }
 
+// ClusterMember is one coordinator node's addresses, so any node can reach the leader's API
+// (Raft itself only knows transport addresses).
+type ClusterMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft server ID.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Raft transport address.
+	RaftAddress string `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	// Connect API address (host:port or URL).
+	ApiAddress string `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// Raft index of the last change.
+	Index         uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterMember) Reset() {
+	*x = ClusterMember{}
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterMember) ProtoMessage() {}
+
+func (x *ClusterMember) ProtoReflect() protoreflect.Message {
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterMember.ProtoReflect.Descriptor instead.
+func (*ClusterMember) Descriptor() ([]byte, []int) {
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ClusterMember) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetRaftAddress() string {
+	if x != nil {
+		return x.RaftAddress
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+// SetMember records (or with remove, forgets) a coordinator node's addresses.
+type SetMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member.
+	Member *ClusterMember `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	// True forgets the member.
+	Remove        bool `protobuf:"varint,2,opt,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMember) Reset() {
+	*x = SetMember{}
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMember) ProtoMessage() {}
+
+func (x *SetMember) ProtoReflect() protoreflect.Message {
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMember.ProtoReflect.Descriptor instead.
+func (*SetMember) Descriptor() ([]byte, []int) {
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetMember) GetMember() *ClusterMember {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+func (x *SetMember) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
+}
+
 // StoredHost is a host row with its secret hash.
 type StoredHost struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1223,7 +1369,7 @@ type StoredHost struct {
 
 func (x *StoredHost) Reset() {
 	*x = StoredHost{}
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[16]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1381,7 @@ func (x *StoredHost) String() string {
 func (*StoredHost) ProtoMessage() {}
 
 func (x *StoredHost) ProtoReflect() protoreflect.Message {
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[16]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1394,7 @@ func (x *StoredHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredHost.ProtoReflect.Descriptor instead.
 func (*StoredHost) Descriptor() ([]byte, []int) {
-	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{16}
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StoredHost) GetHost() *v1.Host {
@@ -1278,14 +1424,16 @@ type StoredToken struct {
 	// The token.
 	Token *v1.Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// SHA-256 of the secret.
-	SecretHash    []byte `protobuf:"bytes,2,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	SecretHash []byte `protobuf:"bytes,2,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	// Raft index of the last change.
+	Index         uint64 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StoredToken) Reset() {
 	*x = StoredToken{}
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[17]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1445,7 @@ func (x *StoredToken) String() string {
 func (*StoredToken) ProtoMessage() {}
 
 func (x *StoredToken) ProtoReflect() protoreflect.Message {
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[17]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1458,7 @@ func (x *StoredToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredToken.ProtoReflect.Descriptor instead.
 func (*StoredToken) Descriptor() ([]byte, []int) {
-	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{17}
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StoredToken) GetToken() *v1.Token {
@@ -1325,6 +1473,13 @@ func (x *StoredToken) GetSecretHash() []byte {
 		return x.SecretHash
 	}
 	return nil
+}
+
+func (x *StoredToken) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
 }
 
 // RequestRecord remembers the outcome of an idempotent request.
@@ -1342,7 +1497,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[18]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1509,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[18]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1522,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{18}
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1404,7 +1559,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[19]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1571,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[19]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1584,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{19}
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1463,6 +1618,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Alarm
 	//	*SnapshotRecord_Audit
 	//	*SnapshotRecord_Request
+	//	*SnapshotRecord_Member
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1470,7 +1626,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[20]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1638,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_captain_raft_v1_raft_proto_msgTypes[20]
+	mi := &file_captain_raft_v1_raft_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1651,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{20}
+	return file_captain_raft_v1_raft_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1595,6 +1751,15 @@ func (x *SnapshotRecord) GetRequest() *RequestRecord {
 	return nil
 }
 
+func (x *SnapshotRecord) GetMember() *ClusterMember {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Member); ok {
+			return x.Member
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1649,6 +1814,11 @@ type SnapshotRecord_Request struct {
 	Request *RequestRecord `protobuf:"bytes,10,opt,name=request,proto3,oneof"`
 }
 
+type SnapshotRecord_Member struct {
+	// One coordinator node's addresses.
+	Member *ClusterMember `protobuf:"bytes,11,opt,name=member,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Header) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Pipeline) isSnapshotRecord_Record() {}
@@ -1669,11 +1839,13 @@ func (*SnapshotRecord_Audit) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Request) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Member) isSnapshotRecord_Record() {}
+
 var File_captain_raft_v1_raft_proto protoreflect.FileDescriptor
 
 const file_captain_raft_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x1acaptain/raft/v1/raft.proto\x12\x0fcaptain.raft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16captain/v1/alarm.proto\x1a\x16captain/v1/audit.proto\x1a\x17captain/v1/common.proto\x1a\x1bcaptain/v1/deployment.proto\x1a\x15captain/v1/host.proto\x1a\x16captain/v1/agent.proto\x1a\x19captain/v1/operator.proto\x1a\x19captain/v1/pipeline.proto\x1a\x18captain/v1/release.proto\x1a\x16captain/v1/token.proto\"\xf7\a\n" +
+	"\x1acaptain/raft/v1/raft.proto\x12\x0fcaptain.raft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16captain/v1/alarm.proto\x1a\x16captain/v1/audit.proto\x1a\x17captain/v1/common.proto\x1a\x1bcaptain/v1/deployment.proto\x1a\x15captain/v1/host.proto\x1a\x16captain/v1/agent.proto\x1a\x19captain/v1/operator.proto\x1a\x19captain/v1/pipeline.proto\x1a\x18captain/v1/release.proto\x1a\x16captain/v1/token.proto\"\xb4\b\n" +
 	"\aCommand\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x1d\n" +
@@ -1694,7 +1866,9 @@ const file_captain_raft_v1_raft_proto_rawDesc = "" +
 	"\aapprove\x18\x14 \x01(\v2\x18.captain.raft.v1.ApproveH\x00R\aapprove\x12>\n" +
 	"\vremove_host\x18\x15 \x01(\v2\x1b.captain.raft.v1.RemoveHostH\x00R\n" +
 	"removeHost\x12G\n" +
-	"\x0estart_rollback\x18\x16 \x01(\v2\x1e.captain.raft.v1.StartRollbackH\x00R\rstartRollbackB\x06\n" +
+	"\x0estart_rollback\x18\x16 \x01(\v2\x1e.captain.raft.v1.StartRollbackH\x00R\rstartRollback\x12;\n" +
+	"\n" +
+	"set_member\x18\x17 \x01(\v2\x1a.captain.raft.v1.SetMemberH\x00R\tsetMemberB\x06\n" +
 	"\x04body\"=\n" +
 	"\rApplyPipeline\x12,\n" +
 	"\x04spec\x18\x01 \x01(\v2\x18.captain.v1.PipelineSpecR\x04spec\"\xaf\x01\n" +
@@ -1750,17 +1924,27 @@ const file_captain_raft_v1_raft_proto_rawDesc = "" +
 	"\rStartRollback\x12.\n" +
 	"\x06stages\x18\x01 \x03(\v2\x16.captain.v1.StageStateR\x06stages\x128\n" +
 	"\vdeployments\x18\x02 \x03(\v2\x16.captain.v1.DeploymentR\vdeployments\x123\n" +
-	"\x04plan\x18\x03 \x03(\v2\x1f.captain.v1.EnvironmentRollbackR\x04plan\"p\n" +
+	"\x04plan\x18\x03 \x03(\v2\x1f.captain.v1.EnvironmentRollbackR\x04plan\"\x82\x01\n" +
+	"\rClusterMember\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
+	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
+	"\vapi_address\x18\x03 \x01(\tR\n" +
+	"apiAddress\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"[\n" +
+	"\tSetMember\x126\n" +
+	"\x06member\x18\x01 \x01(\v2\x1e.captain.raft.v1.ClusterMemberR\x06member\x12\x16\n" +
+	"\x06remove\x18\x02 \x01(\bR\x06remove\"p\n" +
 	"\n" +
 	"StoredHost\x12$\n" +
 	"\x04host\x18\x01 \x01(\v2\x10.captain.v1.HostR\x04host\x12\x1f\n" +
 	"\vsecret_hash\x18\x02 \x01(\fR\n" +
 	"secretHash\x12\x1b\n" +
-	"\tacked_seq\x18\x03 \x01(\x04R\backedSeq\"W\n" +
+	"\tacked_seq\x18\x03 \x01(\x04R\backedSeq\"m\n" +
 	"\vStoredToken\x12'\n" +
 	"\x05token\x18\x01 \x01(\v2\x11.captain.v1.TokenR\x05token\x12\x1f\n" +
 	"\vsecret_hash\x18\x02 \x01(\fR\n" +
-	"secretHash\"\\\n" +
+	"secretHash\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\"\\\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
@@ -1768,7 +1952,7 @@ const file_captain_raft_v1_raft_proto_rawDesc = "" +
 	"\x05index\x18\x03 \x01(\x04R\x05index\">\n" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xa4\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xde\x04\n" +
 	"\x0eSnapshotRecord\x129\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.captain.raft.v1.SnapshotHeaderH\x00R\x06header\x122\n" +
 	"\bpipeline\x18\x02 \x01(\v2\x14.captain.v1.PipelineH\x00R\bpipeline\x12/\n" +
@@ -1782,7 +1966,8 @@ const file_captain_raft_v1_raft_proto_rawDesc = "" +
 	"\x05alarm\x18\b \x01(\v2\x11.captain.v1.AlarmH\x00R\x05alarm\x12.\n" +
 	"\x05audit\x18\t \x01(\v2\x16.captain.v1.AuditEventH\x00R\x05audit\x12:\n" +
 	"\arequest\x18\n" +
-	" \x01(\v2\x1e.captain.raft.v1.RequestRecordH\x00R\arequestB\b\n" +
+	" \x01(\v2\x1e.captain.raft.v1.RequestRecordH\x00R\arequest\x128\n" +
+	"\x06member\x18\v \x01(\v2\x1e.captain.raft.v1.ClusterMemberH\x00R\x06memberB\b\n" +
 	"\x06recordB\xc1\x01\n" +
 	"\x13com.captain.raft.v1B\tRaftProtoP\x01ZAgithub.com/captain-cd/captain/protocol/gen/captain/raft/v1;raftv1\xa2\x02\x03CRX\xaa\x02\x0fCaptain.Raft.V1\xca\x02\x0fCaptain\\Raft\\V1\xe2\x02\x1bCaptain\\Raft\\V1\\GPBMetadata\xea\x02\x11Captain::Raft::V1b\x06proto3"
 
@@ -1798,7 +1983,7 @@ func file_captain_raft_v1_raft_proto_rawDescGZIP() []byte {
 	return file_captain_raft_v1_raft_proto_rawDescData
 }
 
-var file_captain_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_captain_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_captain_raft_v1_raft_proto_goTypes = []any{
 	(*Command)(nil),                // 0: captain.raft.v1.Command
 	(*ApplyPipeline)(nil),          // 1: captain.raft.v1.ApplyPipeline
@@ -1816,31 +2001,33 @@ var file_captain_raft_v1_raft_proto_goTypes = []any{
 	(*Approve)(nil),                // 13: captain.raft.v1.Approve
 	(*RemoveHost)(nil),             // 14: captain.raft.v1.RemoveHost
 	(*StartRollback)(nil),          // 15: captain.raft.v1.StartRollback
-	(*StoredHost)(nil),             // 16: captain.raft.v1.StoredHost
-	(*StoredToken)(nil),            // 17: captain.raft.v1.StoredToken
-	(*RequestRecord)(nil),          // 18: captain.raft.v1.RequestRecord
-	(*SnapshotHeader)(nil),         // 19: captain.raft.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),         // 20: captain.raft.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
-	(*v1.PipelineSpec)(nil),        // 22: captain.v1.PipelineSpec
-	(*v1.ArtifactRef)(nil),         // 23: captain.v1.ArtifactRef
-	(*v1.Commit)(nil),              // 24: captain.v1.Commit
-	(*v1.Token)(nil),               // 25: captain.v1.Token
-	(*v1.Host)(nil),                // 26: captain.v1.Host
-	(v1.Liveness)(0),               // 27: captain.v1.Liveness
-	(*v1.HostEvent)(nil),           // 28: captain.v1.HostEvent
-	(v1.AlarmState)(0),             // 29: captain.v1.AlarmState
-	(*v1.StageState)(nil),          // 30: captain.v1.StageState
-	(*v1.Deployment)(nil),          // 31: captain.v1.Deployment
-	(*v1.AuditEvent)(nil),          // 32: captain.v1.AuditEvent
-	(v1.PromotionDirection)(0),     // 33: captain.v1.PromotionDirection
-	(*v1.EnvironmentRollback)(nil), // 34: captain.v1.EnvironmentRollback
-	(*v1.Pipeline)(nil),            // 35: captain.v1.Pipeline
-	(*v1.Release)(nil),             // 36: captain.v1.Release
-	(*v1.Alarm)(nil),               // 37: captain.v1.Alarm
+	(*ClusterMember)(nil),          // 16: captain.raft.v1.ClusterMember
+	(*SetMember)(nil),              // 17: captain.raft.v1.SetMember
+	(*StoredHost)(nil),             // 18: captain.raft.v1.StoredHost
+	(*StoredToken)(nil),            // 19: captain.raft.v1.StoredToken
+	(*RequestRecord)(nil),          // 20: captain.raft.v1.RequestRecord
+	(*SnapshotHeader)(nil),         // 21: captain.raft.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),         // 22: captain.raft.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),  // 23: google.protobuf.Timestamp
+	(*v1.PipelineSpec)(nil),        // 24: captain.v1.PipelineSpec
+	(*v1.ArtifactRef)(nil),         // 25: captain.v1.ArtifactRef
+	(*v1.Commit)(nil),              // 26: captain.v1.Commit
+	(*v1.Token)(nil),               // 27: captain.v1.Token
+	(*v1.Host)(nil),                // 28: captain.v1.Host
+	(v1.Liveness)(0),               // 29: captain.v1.Liveness
+	(*v1.HostEvent)(nil),           // 30: captain.v1.HostEvent
+	(v1.AlarmState)(0),             // 31: captain.v1.AlarmState
+	(*v1.StageState)(nil),          // 32: captain.v1.StageState
+	(*v1.Deployment)(nil),          // 33: captain.v1.Deployment
+	(*v1.AuditEvent)(nil),          // 34: captain.v1.AuditEvent
+	(v1.PromotionDirection)(0),     // 35: captain.v1.PromotionDirection
+	(*v1.EnvironmentRollback)(nil), // 36: captain.v1.EnvironmentRollback
+	(*v1.Pipeline)(nil),            // 37: captain.v1.Pipeline
+	(*v1.Release)(nil),             // 38: captain.v1.Release
+	(*v1.Alarm)(nil),               // 39: captain.v1.Alarm
 }
 var file_captain_raft_v1_raft_proto_depIdxs = []int32{
-	21, // 0: captain.raft.v1.Command.at:type_name -> google.protobuf.Timestamp
+	23, // 0: captain.raft.v1.Command.at:type_name -> google.protobuf.Timestamp
 	1,  // 1: captain.raft.v1.Command.apply_pipeline:type_name -> captain.raft.v1.ApplyPipeline
 	2,  // 2: captain.raft.v1.Command.create_release:type_name -> captain.raft.v1.CreateRelease
 	3,  // 3: captain.raft.v1.Command.create_token:type_name -> captain.raft.v1.CreateToken
@@ -1854,40 +2041,43 @@ var file_captain_raft_v1_raft_proto_depIdxs = []int32{
 	13, // 11: captain.raft.v1.Command.approve:type_name -> captain.raft.v1.Approve
 	14, // 12: captain.raft.v1.Command.remove_host:type_name -> captain.raft.v1.RemoveHost
 	15, // 13: captain.raft.v1.Command.start_rollback:type_name -> captain.raft.v1.StartRollback
-	22, // 14: captain.raft.v1.ApplyPipeline.spec:type_name -> captain.v1.PipelineSpec
-	23, // 15: captain.raft.v1.CreateRelease.artifact:type_name -> captain.v1.ArtifactRef
-	24, // 16: captain.raft.v1.CreateRelease.commits:type_name -> captain.v1.Commit
-	25, // 17: captain.raft.v1.CreateToken.token:type_name -> captain.v1.Token
-	26, // 18: captain.raft.v1.RegisterHost.host:type_name -> captain.v1.Host
-	7,  // 19: captain.raft.v1.SetLiveness.changes:type_name -> captain.raft.v1.LivenessChange
-	27, // 20: captain.raft.v1.LivenessChange.liveness:type_name -> captain.v1.Liveness
-	9,  // 21: captain.raft.v1.HostReports.reports:type_name -> captain.raft.v1.HostReport
-	28, // 22: captain.raft.v1.HostReport.events:type_name -> captain.v1.HostEvent
-	29, // 23: captain.raft.v1.SetAlarmState.state:type_name -> captain.v1.AlarmState
-	30, // 24: captain.raft.v1.EngineUpdate.stages:type_name -> captain.v1.StageState
-	31, // 25: captain.raft.v1.EngineUpdate.deployments:type_name -> captain.v1.Deployment
-	32, // 26: captain.raft.v1.EngineUpdate.audit:type_name -> captain.v1.AuditEvent
-	33, // 27: captain.raft.v1.SetBlock.direction:type_name -> captain.v1.PromotionDirection
-	30, // 28: captain.raft.v1.StartRollback.stages:type_name -> captain.v1.StageState
-	31, // 29: captain.raft.v1.StartRollback.deployments:type_name -> captain.v1.Deployment
-	34, // 30: captain.raft.v1.StartRollback.plan:type_name -> captain.v1.EnvironmentRollback
-	26, // 31: captain.raft.v1.StoredHost.host:type_name -> captain.v1.Host
-	25, // 32: captain.raft.v1.StoredToken.token:type_name -> captain.v1.Token
-	19, // 33: captain.raft.v1.SnapshotRecord.header:type_name -> captain.raft.v1.SnapshotHeader
-	35, // 34: captain.raft.v1.SnapshotRecord.pipeline:type_name -> captain.v1.Pipeline
-	36, // 35: captain.raft.v1.SnapshotRecord.release:type_name -> captain.v1.Release
-	31, // 36: captain.raft.v1.SnapshotRecord.deployment:type_name -> captain.v1.Deployment
-	30, // 37: captain.raft.v1.SnapshotRecord.stage:type_name -> captain.v1.StageState
-	16, // 38: captain.raft.v1.SnapshotRecord.host:type_name -> captain.raft.v1.StoredHost
-	17, // 39: captain.raft.v1.SnapshotRecord.token:type_name -> captain.raft.v1.StoredToken
-	37, // 40: captain.raft.v1.SnapshotRecord.alarm:type_name -> captain.v1.Alarm
-	32, // 41: captain.raft.v1.SnapshotRecord.audit:type_name -> captain.v1.AuditEvent
-	18, // 42: captain.raft.v1.SnapshotRecord.request:type_name -> captain.raft.v1.RequestRecord
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	17, // 14: captain.raft.v1.Command.set_member:type_name -> captain.raft.v1.SetMember
+	24, // 15: captain.raft.v1.ApplyPipeline.spec:type_name -> captain.v1.PipelineSpec
+	25, // 16: captain.raft.v1.CreateRelease.artifact:type_name -> captain.v1.ArtifactRef
+	26, // 17: captain.raft.v1.CreateRelease.commits:type_name -> captain.v1.Commit
+	27, // 18: captain.raft.v1.CreateToken.token:type_name -> captain.v1.Token
+	28, // 19: captain.raft.v1.RegisterHost.host:type_name -> captain.v1.Host
+	7,  // 20: captain.raft.v1.SetLiveness.changes:type_name -> captain.raft.v1.LivenessChange
+	29, // 21: captain.raft.v1.LivenessChange.liveness:type_name -> captain.v1.Liveness
+	9,  // 22: captain.raft.v1.HostReports.reports:type_name -> captain.raft.v1.HostReport
+	30, // 23: captain.raft.v1.HostReport.events:type_name -> captain.v1.HostEvent
+	31, // 24: captain.raft.v1.SetAlarmState.state:type_name -> captain.v1.AlarmState
+	32, // 25: captain.raft.v1.EngineUpdate.stages:type_name -> captain.v1.StageState
+	33, // 26: captain.raft.v1.EngineUpdate.deployments:type_name -> captain.v1.Deployment
+	34, // 27: captain.raft.v1.EngineUpdate.audit:type_name -> captain.v1.AuditEvent
+	35, // 28: captain.raft.v1.SetBlock.direction:type_name -> captain.v1.PromotionDirection
+	32, // 29: captain.raft.v1.StartRollback.stages:type_name -> captain.v1.StageState
+	33, // 30: captain.raft.v1.StartRollback.deployments:type_name -> captain.v1.Deployment
+	36, // 31: captain.raft.v1.StartRollback.plan:type_name -> captain.v1.EnvironmentRollback
+	16, // 32: captain.raft.v1.SetMember.member:type_name -> captain.raft.v1.ClusterMember
+	28, // 33: captain.raft.v1.StoredHost.host:type_name -> captain.v1.Host
+	27, // 34: captain.raft.v1.StoredToken.token:type_name -> captain.v1.Token
+	21, // 35: captain.raft.v1.SnapshotRecord.header:type_name -> captain.raft.v1.SnapshotHeader
+	37, // 36: captain.raft.v1.SnapshotRecord.pipeline:type_name -> captain.v1.Pipeline
+	38, // 37: captain.raft.v1.SnapshotRecord.release:type_name -> captain.v1.Release
+	33, // 38: captain.raft.v1.SnapshotRecord.deployment:type_name -> captain.v1.Deployment
+	32, // 39: captain.raft.v1.SnapshotRecord.stage:type_name -> captain.v1.StageState
+	18, // 40: captain.raft.v1.SnapshotRecord.host:type_name -> captain.raft.v1.StoredHost
+	19, // 41: captain.raft.v1.SnapshotRecord.token:type_name -> captain.raft.v1.StoredToken
+	39, // 42: captain.raft.v1.SnapshotRecord.alarm:type_name -> captain.v1.Alarm
+	34, // 43: captain.raft.v1.SnapshotRecord.audit:type_name -> captain.v1.AuditEvent
+	20, // 44: captain.raft.v1.SnapshotRecord.request:type_name -> captain.raft.v1.RequestRecord
+	16, // 45: captain.raft.v1.SnapshotRecord.member:type_name -> captain.raft.v1.ClusterMember
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_captain_raft_v1_raft_proto_init() }
@@ -1909,8 +2099,9 @@ func file_captain_raft_v1_raft_proto_init() {
 		(*Command_Approve)(nil),
 		(*Command_RemoveHost)(nil),
 		(*Command_StartRollback)(nil),
+		(*Command_SetMember)(nil),
 	}
-	file_captain_raft_v1_raft_proto_msgTypes[20].OneofWrappers = []any{
+	file_captain_raft_v1_raft_proto_msgTypes[22].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Pipeline)(nil),
 		(*SnapshotRecord_Release)(nil),
@@ -1921,6 +2112,7 @@ func file_captain_raft_v1_raft_proto_init() {
 		(*SnapshotRecord_Alarm)(nil),
 		(*SnapshotRecord_Audit)(nil),
 		(*SnapshotRecord_Request)(nil),
+		(*SnapshotRecord_Member)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1928,7 +2120,7 @@ func file_captain_raft_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_captain_raft_v1_raft_proto_rawDesc), len(file_captain_raft_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
