@@ -337,6 +337,16 @@ func (a *applier) recordHostResult(hostID string, ev *captainv1.HostEvent) error
 	}
 	hr.State, hr.Message = ev.GetState(), ev.GetMessage()
 	hr.Outputs = append(hr.Outputs, ev.GetOutputs()...)
+	switch ev.GetState() {
+	case captainv1.HostDeployState_HOST_DEPLOY_STATE_HEALTHY, captainv1.HostDeployState_HOST_DEPLOY_STATE_FAILED:
+		hr.FinishedAt = ev.GetAt()
+		if hr.FinishedAt == nil {
+			hr.FinishedAt = a.at()
+		}
+	}
+	if dir := ev.GetApp().GetCurrentTarget(); dir != "" && ev.GetState() == captainv1.HostDeployState_HOST_DEPLOY_STATE_HEALTHY {
+		hr.ReleaseDir = dir
+	}
 	n.Index = a.tx.Index()
 	return a.tx.PutDeployment(n)
 }
@@ -379,7 +389,24 @@ func (a *applier) engineUpdate(c *raftv1.EngineUpdate) (proto.Message, bool, err
 	return nil, true, nil
 }
 
+// putStagesAndDeployments writes rows the engine computed from a read of the state. Each row
+// carries the index it had when read (0 for a new row); if the stored row has changed since —
+// an agent's report landed in between — the whole command is refused, nothing is written, and
+// the engine plans again from fresh state. Without this check a stale row would overwrite the
+// report and a host's result would be lost.
 func (a *applier) putStagesAndDeployments(stages []*captainv1.StageState, deps []*captainv1.Deployment) error {
+	for _, s := range stages {
+		cur, err := a.tx.Stage(s.GetPipeline(), s.GetStage())
+		if err := staleRow("stage "+s.GetPipeline()+"/"+s.GetStage(), s.GetIndex(), cur.GetIndex(), err); err != nil {
+			return err
+		}
+	}
+	for _, d := range deps {
+		cur, err := a.tx.Deployment(d.GetId())
+		if err := staleRow("deployment "+d.GetId(), d.GetIndex(), cur.GetIndex(), err); err != nil {
+			return err
+		}
+	}
 	for _, s := range stages {
 		s = proto.CloneOf(s)
 		s.Index = a.tx.Index()
@@ -393,6 +420,21 @@ func (a *applier) putStagesAndDeployments(stages []*captainv1.StageState, deps [
 		if err := a.tx.PutDeployment(d); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func staleRow(what string, read, stored uint64, lookupErr error) error {
+	switch {
+	case errors.Is(lookupErr, state.ErrNotFound):
+		if read != 0 {
+			return fmt.Errorf("%s was read at index %d but no longer exists: %w", what, read, ErrConflict)
+		}
+		return nil
+	case lookupErr != nil:
+		return lookupErr
+	case read != stored:
+		return fmt.Errorf("%s changed at index %d after it was read at index %d: %w", what, stored, read, ErrConflict)
 	}
 	return nil
 }
