@@ -48,6 +48,18 @@ var minRole = map[string]captainv1.Role{
 	captainv1connect.AuditServiceListAuditEventsProcedure:         captainv1.Role_ROLE_VIEWER,
 	captainv1connect.AlarmServiceSetAlarmStateProcedure:           captainv1.Role_ROLE_DEPLOYER,
 	captainv1connect.AlarmServiceListAlarmsProcedure:              captainv1.Role_ROLE_VIEWER,
+	captainv1connect.AgentServiceRegisterProcedure:                captainv1.Role_ROLE_AGENT,
+	captainv1connect.AgentServiceHeartbeatProcedure:               hostCredential,
+	captainv1connect.AgentServiceWatchProcedure:                   hostCredential,
+	captainv1connect.AgentServiceReportProcedure:                  hostCredential,
+	captainv1connect.DeploymentServiceListDeploymentsProcedure:    captainv1.Role_ROLE_VIEWER,
+	captainv1connect.DeploymentServiceGetDeploymentProcedure:      captainv1.Role_ROLE_VIEWER,
+	captainv1connect.DeploymentServiceWhereIsCommitProcedure:      captainv1.Role_ROLE_VIEWER,
+	captainv1connect.DeploymentServiceGetStatusProcedure:          captainv1.Role_ROLE_VIEWER,
+	captainv1connect.OperatorServiceSetPromotionsProcedure:        captainv1.Role_ROLE_DEPLOYER,
+	captainv1connect.OperatorServiceApproveProcedure:              captainv1.Role_ROLE_DEPLOYER,
+	captainv1connect.OperatorServiceRollbackProcedure:             captainv1.Role_ROLE_DEPLOYER,
+	captainv1connect.OperatorServicePreviewRollbackProcedure:      captainv1.Role_ROLE_DEPLOYER,
 }
 
 // anyValidToken marks procedures any valid token may call.
@@ -58,6 +70,9 @@ const anyValidToken = captainv1.Role(-1)
 func allows(have, need captainv1.Role) bool {
 	if need == anyValidToken {
 		return true
+	}
+	if need == hostCredential {
+		return false // only a host's own credential, checked by authenticateHost
 	}
 	if have == captainv1.Role_ROLE_ADMIN {
 		return true
@@ -200,6 +215,12 @@ func (a authInterceptor) authenticate(ctx context.Context, procedure string, h h
 	if !ok || strings.TrimSpace(secret) == "" {
 		return ctx, connect.NewError(connect.CodeUnauthenticated,
 			errors.New("no bearer token: send \"Authorization: Bearer <token>\" (captain reads CAPTAIN_TOKEN)"))
+	}
+	if strings.HasPrefix(secret, hostPrefix) {
+		return a.authenticateHost(ctx, procedure, strings.TrimSpace(secret))
+	}
+	if need == hostCredential {
+		return ctx, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%s takes a host credential (host:<id>:<secret>), not a token", procedure))
 	}
 	hash := HashSecret(strings.TrimSpace(secret))
 	st, err := a.s.fsm.State().Snapshot().TokenBySecretHash(hash)

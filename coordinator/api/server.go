@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/captain-cd/captain/coordinator/fsm"
+	"github.com/captain-cd/captain/coordinator/liveness"
 	"github.com/captain-cd/captain/coordinator/raftnode"
 	"github.com/captain-cd/captain/coordinator/state"
 	raftv1 "github.com/captain-cd/captain/protocol/gen/captain/raft/v1"
@@ -43,6 +45,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock used for command timestamps (default time.Now).
 	Now func() time.Time
+	// HeartbeatInterval is how often agents heartbeat (default 5s); HeartbeatTTL is how long a
+	// host may stay silent before it counts down (default 20s).
+	HeartbeatInterval, HeartbeatTTL time.Duration
 }
 
 // Server implements the registered Connect services.
@@ -56,6 +61,11 @@ type Server struct {
 	interceptors []connect.Interceptor
 	logger       *slog.Logger
 	now          func() time.Time
+
+	heartbeatInterval time.Duration
+	heartbeatTTL      time.Duration
+	// liveness holds the heartbeat tracker while this node leads (RunLiveness), else nil.
+	liveness atomic.Pointer[liveness.Tracker]
 }
 
 // New returns a Server.
@@ -63,7 +73,13 @@ func New(cfg Config) *Server {
 	s := &Server{
 		node: cfg.Node, fsm: cfg.FSM, apiAddr: cfg.APIAddr, httpClient: cfg.HTTPClient,
 		scheme: "http", electionWait: cfg.ElectionWait, interceptors: cfg.Interceptors,
-		logger: cfg.Logger, now: cfg.Now,
+		logger: cfg.Logger, now: cfg.Now, heartbeatInterval: cfg.HeartbeatInterval, heartbeatTTL: cfg.HeartbeatTTL,
+	}
+	if s.heartbeatInterval <= 0 {
+		s.heartbeatInterval = DefaultHeartbeatInterval
+	}
+	if s.heartbeatTTL <= 0 {
+		s.heartbeatTTL = DefaultHeartbeatTTL
 	}
 	if cfg.TLS {
 		s.scheme = "https"
@@ -115,6 +131,9 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(captainv1connect.NewTokenServiceHandler(&tokenService{s}, opts))
 	mux.Handle(captainv1connect.NewAuditServiceHandler(&auditService{s}, opts))
 	mux.Handle(captainv1connect.NewAlarmServiceHandler(&alarmService{s}, opts))
+	mux.Handle(captainv1connect.NewAgentServiceHandler(&agentService{s}, opts))
+	mux.Handle(captainv1connect.NewDeploymentServiceHandler(&deploymentService{s}, opts))
+	mux.Handle(captainv1connect.NewOperatorServiceHandler(&operatorService{s: s}, opts))
 	reflector := grpcreflect.NewStaticReflector(ServiceNames()...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))

@@ -255,13 +255,16 @@ func (c *Cluster) StopAll() {
 
 // Clients are Connect clients for one node, authenticated with a token.
 type Clients struct {
-	Pipeline captainv1connect.PipelineServiceClient
-	Release  captainv1connect.ReleaseServiceClient
-	Cluster  captainv1connect.ClusterServiceClient
-	Token    captainv1connect.TokenServiceClient
-	Audit    captainv1connect.AuditServiceClient
-	Host     captainv1connect.HostServiceClient
-	Alarm    captainv1connect.AlarmServiceClient
+	Pipeline   captainv1connect.PipelineServiceClient
+	Release    captainv1connect.ReleaseServiceClient
+	Cluster    captainv1connect.ClusterServiceClient
+	Token      captainv1connect.TokenServiceClient
+	Audit      captainv1connect.AuditServiceClient
+	Host       captainv1connect.HostServiceClient
+	Alarm      captainv1connect.AlarmServiceClient
+	Agent      captainv1connect.AgentServiceClient
+	Deployment captainv1connect.DeploymentServiceClient
+	Operator   captainv1connect.OperatorServiceClient
 }
 
 // Client returns clients for n using token (AdminSecret when empty) and extra options
@@ -282,13 +285,16 @@ func (c *Cluster) Client(n *Node, token string, opts ...connect.ClientOption) *C
 func NewClients(hc *http.Client, base, token string, opts ...connect.ClientOption) *Clients {
 	opts = append([]connect.ClientOption{connect.WithInterceptors(clientcfg.BearerInterceptor(token))}, opts...)
 	return &Clients{
-		Pipeline: captainv1connect.NewPipelineServiceClient(hc, base, opts...),
-		Release:  captainv1connect.NewReleaseServiceClient(hc, base, opts...),
-		Cluster:  captainv1connect.NewClusterServiceClient(hc, base, opts...),
-		Token:    captainv1connect.NewTokenServiceClient(hc, base, opts...),
-		Audit:    captainv1connect.NewAuditServiceClient(hc, base, opts...),
-		Host:     captainv1connect.NewHostServiceClient(hc, base, opts...),
-		Alarm:    captainv1connect.NewAlarmServiceClient(hc, base, opts...),
+		Pipeline:   captainv1connect.NewPipelineServiceClient(hc, base, opts...),
+		Release:    captainv1connect.NewReleaseServiceClient(hc, base, opts...),
+		Cluster:    captainv1connect.NewClusterServiceClient(hc, base, opts...),
+		Token:      captainv1connect.NewTokenServiceClient(hc, base, opts...),
+		Audit:      captainv1connect.NewAuditServiceClient(hc, base, opts...),
+		Host:       captainv1connect.NewHostServiceClient(hc, base, opts...),
+		Alarm:      captainv1connect.NewAlarmServiceClient(hc, base, opts...),
+		Agent:      captainv1connect.NewAgentServiceClient(hc, base, opts...),
+		Deployment: captainv1connect.NewDeploymentServiceClient(hc, base, opts...),
+		Operator:   captainv1connect.NewOperatorServiceClient(hc, base, opts...),
 	}
 }
 

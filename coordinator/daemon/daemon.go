@@ -21,6 +21,7 @@ import (
 
 	"github.com/captain-cd/captain/buildinfo"
 	"github.com/captain-cd/captain/coordinator/api"
+	"github.com/captain-cd/captain/coordinator/engine"
 	"github.com/captain-cd/captain/coordinator/fsm"
 	"github.com/captain-cd/captain/coordinator/raftnode"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
@@ -54,6 +55,9 @@ type Config struct {
 	LeaderLeaseTimeout time.Duration
 	// ElectionWait bounds how long a write waits for a leader (default 5s).
 	ElectionWait time.Duration
+	// HeartbeatInterval and HeartbeatTTL tell agents how often to heartbeat and when a silent
+	// host counts down (defaults 5s and 20s).
+	HeartbeatInterval, HeartbeatTTL time.Duration
 
 	Logger *slog.Logger
 }
@@ -134,10 +138,15 @@ func New(cfg Config) (*Daemon, error) {
 	d.metrics.registerNode(d.node)
 	d.api = api.New(api.Config{
 		Node: d.node, FSM: d.fsm, APIAddr: d.apiAddr, HTTPClient: d.client, TLS: serverTLS != nil,
-		ElectionWait: cfg.ElectionWait, Interceptors: []connect.Interceptor{d.metrics.interceptor()}, Logger: logger,
+		ElectionWait: cfg.ElectionWait, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTTL: cfg.HeartbeatTTL, Interceptors: []connect.Interceptor{d.metrics.interceptor()}, Logger: logger,
 	})
+	// Leader-only duties: heartbeat deadlines and the pipeline engine.
+	d.AddLeaderTask(d.api.RunLiveness)
+	runner := &engine.Runner{Log: logger.With("component", "engine"), State: d.fsm, Applier: d.node}
+	d.AddLeaderTask(runner.Run)
 	mux := http.NewServeMux()
 	mux.Handle("/", d.api.Handler())
+	mux.Handle(api.AlertmanagerPath, d.api.AlertmanagerHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", d.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))

@@ -7,8 +7,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 	raftv1 "github.com/captain-cd/captain/protocol/gen/captain/raft/v1"
+	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
 // An engine decision made from a read that a host report overtook must not overwrite the report.

@@ -97,6 +97,8 @@ flags on the command line win.`,
 	f.DurationVar(&o.electionTimeout, "raft-election-timeout", 500*time.Millisecond, "candidate election timeout")
 	f.DurationVar(&o.leaderLeaseTimeout, "raft-leader-lease-timeout", 250*time.Millisecond, "leader lease timeout")
 	f.DurationVar(&o.cfg.ElectionWait, "election-wait", 5*time.Second, "how long a write waits for a leader before failing with Unavailable")
+	f.DurationVar(&o.cfg.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "how often agents heartbeat")
+	f.DurationVar(&o.cfg.HeartbeatTTL, "heartbeat-ttl", 20*time.Second, "how long a host may go without a heartbeat before it counts down")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")

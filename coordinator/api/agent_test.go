@@ -1,0 +1,158 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/captain-cd/captain/coordinator/clustertest"
+	"github.com/captain-cd/captain/coordinator/daemon"
+	"github.com/captain-cd/captain/pipelinespec"
+	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
+)
+
+// hostClients talks as a registered host.
+func hostClients(c *clustertest.Cluster, n *clustertest.Node, id, secret string) *clustertest.Clients {
+	return c.Client(n, "host:"+id+":"+secret)
+}
+
+func TestAgentLifecycleThroughFollowers(t *testing.T) {
+	c := clustertest.New(t, 3, clustertest.Options{Configure: func(_ int, cfg *daemon.Config) {
+		cfg.HeartbeatInterval, cfg.HeartbeatTTL = 100*time.Millisecond, 600*time.Millisecond
+	}})
+	leader := c.Leader(5 * time.Second)
+	follower := c.Followers()[0]
+	admin := c.Client(leader, "")
+	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+name: web
+deploy: {app_root: /srv/web}
+stages:
+  - name: onebox
+    environments: [{name: onebox, selector: {role: onebox}}]
+`))
+	if err != nil || len(vs) > 0 {
+		t.Fatal(err, vs)
+	}
+	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
+		t.Fatal(err)
+	}
+
+	// Register through a follower: forwarded to the leader.
+	agent := c.Client(follower, tok.Msg.GetSecret())
+	reg, err := agent.Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "web-1", Labels: map[string]string{"role": "onebox"}, AgentVersion: "test"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, secret := reg.Msg.GetHostId(), reg.Msg.GetHostSecret()
+	if !strings.HasPrefix(id, "h-") || secret == "" || reg.Msg.GetHeartbeatInterval().AsDuration() != 100*time.Millisecond {
+		t.Fatalf("register = %v", reg.Msg)
+	}
+	host := hostClients(c, follower, id, secret)
+
+	// Watch through the follower; the first state is empty, then the engine assigns the host.
+	wctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	stream, err := host.Agent.Watch(wctx, connect.NewRequest(&captainv1.WatchRequest{HostId: id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat := func() error {
+		_, err := host.Agent.Heartbeat(ctx(t), connect.NewRequest(&captainv1.HeartbeatRequest{HostId: id}))
+		return err
+	}
+	if err := beat(); err != nil {
+		t.Fatalf("heartbeat through a follower: %v", err)
+	}
+	rel, err := admin.Release.CreateRelease(ctx(t), connect.NewRequest(&captainv1.CreateReleaseRequest{
+		Pipeline: "web", HeadCommit: strings.Repeat("a", 40),
+		Artifact: &captainv1.ArtifactRef{Bucket: "b", Key: "artifacts/web/" + strings.Repeat("1", 64) + ".tar.zst", Sha256: strings.Repeat("1", 64), Size: 1},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var app *captainv1.DesiredApp
+	for app == nil && stream.Receive() {
+		_ = beat()
+		for _, a := range stream.Msg().GetApps() {
+			if a.GetRelease() == rel.Msg.GetRelease().GetNumber() {
+				app = a
+			}
+		}
+	}
+	if app == nil {
+		t.Fatalf("no desired app streamed: %v", stream.Err())
+	}
+	if app.GetDeploy().GetAppRoot() != "/srv/web" || app.GetArtifact().GetSha256() != strings.Repeat("1", 64) || app.GetEnvironment() != "onebox" {
+		t.Fatalf("desired app = %v", app)
+	}
+
+	// Report healthy; the stage approves (no approval steps) and the host shows the release.
+	rep, err := host.Agent.Report(ctx(t), connect.NewRequest(&captainv1.ReportRequest{HostId: id, Events: []*captainv1.HostEvent{{
+		Seq: 1, Pipeline: "web", DeploymentId: app.GetDeploymentId(), Release: app.GetRelease(), State: captainv1.HostDeployState_HOST_DEPLOY_STATE_HEALTHY,
+		App: &captainv1.HostApp{Pipeline: "web", CurrentRelease: app.GetRelease(), Health: captainv1.HealthState_HEALTH_STATE_HEALTHY},
+	}}}))
+	if err != nil || rep.Msg.GetAckedSeq() != 1 {
+		t.Fatalf("report = %v, %v", rep, err)
+	}
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		_ = beat()
+		st, err := admin.Deployment.GetStatus(ctx(t), connect.NewRequest(&captainv1.GetStatusRequest{Pipeline: "web"}))
+		if err != nil {
+			return err
+		}
+		if lg := st.Msg.GetStages()[0].GetEnvironments()[0].GetLastGoodRelease(); lg != app.GetRelease() {
+			return fmt.Errorf("last good %d", lg)
+		}
+		return nil
+	})
+
+	// A host speaks only for itself, and its credential opens nothing else.
+	if _, err := host.Agent.Heartbeat(ctx(t), connect.NewRequest(&captainv1.HeartbeatRequest{HostId: "h-000000000000"})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("heartbeat for another host: %v", err)
+	}
+	if _, err := host.Pipeline.ListPipelines(ctx(t), connect.NewRequest(&captainv1.ListPipelinesRequest{})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("host credential listing pipelines: %v", err)
+	}
+	if _, err := hostClients(c, leader, id, "wrong").Agent.Heartbeat(ctx(t), connect.NewRequest(&captainv1.HeartbeatRequest{HostId: id})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	viewer, _ := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "v", Role: captainv1.Role_ROLE_VIEWER}))
+	if _, err := c.Client(leader, viewer.Msg.GetSecret()).Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "x"})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("viewer registering a host: %v", err)
+	}
+	if _, err := agent.Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "x", Labels: map[string]string{"az": "not ok!"}})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("bad label: %v", err)
+	}
+
+	// Silence: the host goes down after its TTL, then comes back with the next heartbeat.
+	liveness := func() captainv1.Liveness {
+		h, err := admin.Host.GetHost(ctx(t), connect.NewRequest(&captainv1.GetHostRequest{Id: id}))
+		if err != nil {
+			return captainv1.Liveness_LIVENESS_UNSPECIFIED
+		}
+		return h.Msg.GetHost().GetLiveness()
+	}
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if l := liveness(); l != captainv1.Liveness_LIVENESS_DOWN {
+			return fmt.Errorf("liveness %s", l)
+		}
+		return nil
+	})
+	if err := beat(); err != nil {
+		t.Fatal(err)
+	}
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if l := liveness(); l != captainv1.Liveness_LIVENESS_UP {
+			return fmt.Errorf("liveness %s", l)
+		}
+		return nil
+	})
+}
