@@ -6,7 +6,10 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/captain-cd/captain/coordinator/liveness"
 	"github.com/captain-cd/captain/coordinator/state"
 	raftv1 "github.com/captain-cd/captain/protocol/gen/captain/raft/v1"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
@@ -100,9 +103,10 @@ func (h *hostService) ListHosts(ctx context.Context, req *connect.Request[captai
 				return nil, err
 			}
 			out := &captainv1.ListHostsResponse{Index: r.Index()}
+			t := h.s.tracker()
 			for _, sh := range hosts {
 				if selectors == nil || matchesAny(sh.GetHost().GetLabels(), selectors) {
-					out.Hosts = append(out.Hosts, sh.GetHost())
+					out.Hosts = append(out.Hosts, withHeartbeat(sh.GetHost(), t))
 				}
 			}
 			return out, nil
@@ -132,6 +136,22 @@ func (h *hostService) GetHost(ctx context.Context, req *connect.Request[captainv
 			if err != nil {
 				return nil, err
 			}
-			return &captainv1.GetHostResponse{Host: sh.GetHost()}, nil
+			return &captainv1.GetHostResponse{Host: withHeartbeat(sh.GetHost(), h.s.tracker())}, nil
 		})(ctx, req)
+}
+
+// withHeartbeat adds the last heartbeat the leader's tracker knows of. Heartbeats never go
+// through Raft, so only the leader can answer (clients ask with read.consistent); on a follower t
+// is nil and the field stays empty. The host is copied: rows in state are shared and immutable.
+func withHeartbeat(host *captainv1.Host, t *liveness.Tracker) *captainv1.Host {
+	if t == nil {
+		return host
+	}
+	last := t.LastHeartbeat(host.GetId())
+	if last.IsZero() {
+		return host
+	}
+	out := proto.CloneOf(host)
+	out.LastHeartbeatAt = timestamppb.New(last)
+	return out
 }

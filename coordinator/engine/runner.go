@@ -83,7 +83,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.Log == nil {
 		r.Log = slog.Default()
 	}
-	r.planner = Planner{NewID: randomID}
+	r.planner = Planner{NewID: NewDeploymentID}
 	r.running, r.results = map[testKey]bool{}, map[testKey]*captainv1.StepOutput{}
 	r.wakeup = make(chan struct{}, 1)
 	var tests sync.WaitGroup
@@ -159,8 +159,25 @@ func (r *Runner) round(ctx context.Context, rd *state.Reader, tests *sync.WaitGr
 	return wake, errors.Join(errs...)
 }
 
-// view gathers one pipeline's state.
+// view gathers one pipeline's state plus the test results waiting to be recorded.
 func (r *Runner) view(rd *state.Reader, p *captainv1.Pipeline) (View, error) {
+	v, err := ViewOf(rd, p)
+	if err != nil {
+		return v, err
+	}
+	name := p.GetSpec().GetName()
+	r.mu.Lock()
+	for k, out := range r.results {
+		if k.pipeline == name {
+			v.TestResults = append(v.TestResults, TestResult{Stage: k.stage, Release: k.release, Name: k.name, Output: out})
+		}
+	}
+	r.mu.Unlock()
+	return v, nil
+}
+
+// ViewOf gathers what Plan needs about one pipeline from a consistent read of the state.
+func ViewOf(rd *state.Reader, p *captainv1.Pipeline) (View, error) {
 	name := p.GetSpec().GetName()
 	v := View{Pipeline: p, Stages: map[string]*captainv1.StageState{}, Deployments: map[string]*captainv1.Deployment{}, Alarms: map[string]*captainv1.Alarm{}}
 	var err error
@@ -197,13 +214,6 @@ func (r *Runner) view(rd *state.Reader, p *captainv1.Pipeline) (View, error) {
 	for _, a := range alarms {
 		v.Alarms[a.GetName()] = a
 	}
-	r.mu.Lock()
-	for k, out := range r.results {
-		if k.pipeline == name {
-			v.TestResults = append(v.TestResults, TestResult{Stage: k.stage, Release: k.release, Name: k.name, Output: out})
-		}
-	}
-	r.mu.Unlock()
 	return v, nil
 }
 
@@ -313,7 +323,8 @@ func httpAttempt(ctx context.Context, client *http.Client, name, url string, wan
 	return out
 }
 
-func randomID() string {
+// NewDeploymentID returns a fresh random deployment ID (it names directories on hosts).
+func NewDeploymentID() string {
 	var b [5]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err) // crypto/rand never fails on Linux

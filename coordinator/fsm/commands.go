@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -424,6 +425,10 @@ func (a *applier) putStagesAndDeployments(stages []*captainv1.StageState, deps [
 	return nil
 }
 
+// RollbackResultPrefix starts the remembered result of a rollback request, followed by the IDs
+// of the deployments it started, so a retry with the same request ID returns them.
+const RollbackResultPrefix = "rollback-deployments:"
+
 func staleRow(what string, read, stored uint64, lookupErr error) error {
 	switch {
 	case errors.Is(lookupErr, state.ErrNotFound):
@@ -546,7 +551,13 @@ func (a *applier) startRollback(c *raftv1.StartRollback) (proto.Message, bool, e
 	if len(c.GetStages()) > 0 {
 		target = fmt.Sprintf("pipeline/%s/stage/%s", c.GetStages()[0].GetPipeline(), c.GetStages()[0].GetStage())
 	}
-	if err := a.remember("rollback/" + target); err != nil {
+	var started []string
+	for _, d := range c.GetDeployments() {
+		if d.GetKind() == captainv1.DeploymentKind_DEPLOYMENT_KIND_ROLLBACK && d.GetIndex() == 0 {
+			started = append(started, d.GetId())
+		}
+	}
+	if err := a.remember(RollbackResultPrefix + strings.Join(started, ",")); err != nil {
 		return nil, false, err
 	}
 	return nil, true, a.audit("rollback.start", target, map[string]string{"environments": strconv.Itoa(len(c.GetPlan()))})

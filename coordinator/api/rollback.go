@@ -1,0 +1,124 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/captain-cd/captain/coordinator/engine"
+	"github.com/captain-cd/captain/coordinator/fsm"
+	"github.com/captain-cd/captain/coordinator/state"
+	raftv1 "github.com/captain-cd/captain/protocol/gen/captain/raft/v1"
+	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
+)
+
+func (o *operatorService) PreviewRollback(ctx context.Context, req *connect.Request[captainv1.PreviewRollbackRequest]) (*connect.Response[captainv1.PreviewRollbackResponse], error) {
+	plan, _, err := o.planRollback(o.s.readerOf(), req.Msg.GetTarget(), actor(ctx), "", true)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&captainv1.PreviewRollbackResponse{Plan: plan}), nil
+}
+
+func (o *operatorService) Rollback(ctx context.Context, req *connect.Request[captainv1.RollbackRequest]) (*connect.Response[captainv1.RollbackResponse], error) {
+	if _, _, err := o.planRollback(o.s.readerOf(), req.Msg.GetTarget(), actor(ctx), req.Msg.GetReason(), true); err != nil {
+		return nil, err // refuse early, on any node, with the reason
+	}
+	return onLeader(o.s, o.rollback)(ctx, req)
+}
+
+func (o *operatorService) rollback(ctx context.Context, req *connect.Request[captainv1.RollbackRequest]) (*connect.Response[captainv1.RollbackResponse], error) {
+	m := req.Msg
+	if id := m.GetRequestId(); id != "" {
+		if res, err := o.rollbackDone(o.s.readerOf(), id); res != nil || err != nil {
+			return res, err
+		}
+	}
+	// The plan is made from a read of the state; if an agent's report lands before it is
+	// written, the FSM refuses it as stale and we plan again.
+	for attempt := 0; ; attempt++ {
+		rd := o.s.readerOf()
+		plan, u, err := o.planRollback(rd, m.GetTarget(), actor(ctx), m.GetReason(), false)
+		if err != nil {
+			return nil, err
+		}
+		var started []*captainv1.Deployment
+		for _, d := range u.Deployments {
+			if d.GetKind() == captainv1.DeploymentKind_DEPLOYMENT_KIND_ROLLBACK && d.GetIndex() == 0 {
+				started = append(started, d)
+			}
+		}
+		cmd := o.s.command(ctx, m.GetRequestId(), m.GetReason())
+		cmd.Body = &raftv1.Command_StartRollback{StartRollback: &raftv1.StartRollback{Stages: u.Stages, Deployments: u.Deployments, Plan: plan}}
+		_, err = o.s.apply(ctx, cmd)
+		if errors.Is(err, fsm.ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(&captainv1.RollbackResponse{Deployments: started, Plan: plan}), nil
+	}
+}
+
+// rollbackDone answers a retried rollback request from the state it left.
+func (o *operatorService) rollbackDone(rd *state.Reader, requestID string) (*connect.Response[captainv1.RollbackResponse], error) {
+	rec, err := rd.Request(requestID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	res := &captainv1.RollbackResponse{}
+	if ids, ok := strings.CutPrefix(rec.GetResult(), fsm.RollbackResultPrefix); ok && ids != "" {
+		for _, id := range strings.Split(ids, ",") {
+			if d, err := rd.Deployment(id); err == nil {
+				res.Deployments = append(res.Deployments, d)
+			}
+		}
+	}
+	return connect.NewResponse(res), nil
+}
+
+// planRollback runs the engine's rollback planner on one read of the state.
+func (o *operatorService) planRollback(rd *state.Reader, t *captainv1.RollbackTarget, who, reason string, preview bool) ([]*captainv1.EnvironmentRollback, *engine.Update, error) {
+	p, err := pipelineNamed(rd, t.GetPipeline())
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := engine.ViewOf(rd, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	ran := engine.RanTo{}
+	for _, st := range p.GetSpec().GetStages() {
+		for _, env := range st.GetEnvironments() {
+			deps, err := rd.Deployments(p.GetSpec().GetName(), env.GetName())
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, d := range deps {
+				if d.GetState() == captainv1.DeploymentState_DEPLOYMENT_STATE_SUCCEEDED && !slices.Contains(ran[env.GetName()], d.GetRelease()) {
+					ran[env.GetName()] = append(ran[env.GetName()], d.GetRelease())
+				}
+			}
+			slices.Sort(ran[env.GetName()])
+		}
+	}
+	planner := engine.Planner{NewID: engine.NewDeploymentID}
+	plan, u, err := planner.PlanRollback(v, ran, t, o.s.now(), who, reason, preview)
+	switch {
+	case errors.Is(err, engine.ErrUnknownTarget):
+		return nil, nil, connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, engine.ErrBadTarget):
+		return nil, nil, connect.NewError(connect.CodeInvalidArgument, err)
+	case err != nil:
+		return nil, nil, fmt.Errorf("plan rollback: %w", err)
+	}
+	return plan, u, nil
+}
