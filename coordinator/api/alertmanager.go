@@ -34,7 +34,9 @@ func (s *Server) AlertmanagerHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		alarms := &alarmService{s}
+		// Through this node's own API, so the write takes the usual path: forwarded to the
+		// leader when this node follows, authorized and audited as the token's owner.
+		alarms := captainv1connect.NewAlarmServiceClient(s.httpClient, s.baseURL(s.apiAddr))
 		var set []*captainv1.Alarm
 		for _, c := range changes {
 			req := connect.NewRequest(&captainv1.SetAlarmStateRequest{Name: c.Name, State: c.State, Reason: c.Reason})
