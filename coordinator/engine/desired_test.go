@@ -76,3 +76,70 @@ func TestDesiredIsTheNewestDeploymentThatAssignedTheHost(t *testing.T) {
 		t.Errorf("keep_releases = %v, want the last good release 1", apps[0].GetKeepReleases())
 	}
 }
+
+func TestCommandTestGoesToTheFirstHealthyMatchingHostAndItsResultSettlesTheApproval(t *testing.T) {
+	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+name: web
+deploy: {app_root: /srv/web}
+stages:
+  - name: regional
+    environments: [{name: east, selector: {region: east}}]
+    approval:
+      tests: [{name: it, command: {command: [./bin/it], host_selector: {tier: canary}}}]
+`))
+	if err != nil || len(vs) > 0 {
+		t.Fatal(err, vs)
+	}
+	f := fsm.New(nil)
+	ap := &fsmApplier{fsm: f}
+	ap.must(t, &raftv1.Command{Body: &raftv1.Command_ApplyPipeline{ApplyPipeline: &raftv1.ApplyPipeline{Spec: spec}}})
+	ap.must(t, &raftv1.Command{Body: &raftv1.Command_CreateRelease{CreateRelease: &raftv1.CreateRelease{Pipeline: "web", HeadCommit: "c", Artifact: &captainv1.ArtifactRef{Sha256: "a"}}}})
+	healthy := &captainv1.HostApp{Pipeline: "web", CurrentRelease: 1, Health: captainv1.HealthState_HEALTH_STATE_HEALTHY}
+	for _, h := range []*captainv1.Host{
+		{Id: "a", Labels: map[string]string{"region": "east"}, Apps: []*captainv1.HostApp{healthy}},                   // not canary
+		{Id: "b", Labels: map[string]string{"region": "east", "tier": "canary"}, Apps: []*captainv1.HostApp{healthy}}, // chosen
+		{Id: "c", Labels: map[string]string{"region": "east", "tier": "canary"}, Apps: []*captainv1.HostApp{healthy}}, // later by ID
+	} {
+		h.Liveness = captainv1.Liveness_LIVENESS_UP
+		ap.must(t, &raftv1.Command{Body: &raftv1.Command_RegisterHost{RegisterHost: &raftv1.RegisterHost{Host: h}}})
+	}
+	all := map[string]captainv1.HostDeployState{}
+	for _, id := range []string{"a", "b", "c"} {
+		all[id] = captainv1.HostDeployState_HOST_DEPLOY_STATE_HEALTHY
+	}
+	d := &captainv1.Deployment{Id: "d1", Pipeline: "web", Stage: "regional", Environment: "east", Release: 1, CreatedAt: timestamppb.Now()}
+	for id, s := range all {
+		d.Hosts = append(d.Hosts, &captainv1.HostResult{HostId: id, State: s})
+	}
+	ap.must(t, &raftv1.Command{Body: &raftv1.Command_EngineUpdate{EngineUpdate: &raftv1.EngineUpdate{
+		Deployments: []*captainv1.Deployment{d},
+		Stages: []*captainv1.StageState{{Pipeline: "web", Stage: "regional", Phase: captainv1.StagePhase_STAGE_PHASE_VERIFYING, Release: 1,
+			Environments: []*captainv1.EnvironmentState{{Environment: "east", CurrentRelease: 1, DeploymentId: "d1"}},
+			Approvals:    []*captainv1.ApprovalStatus{{Step: "test:it", State: captainv1.ApprovalStepState_APPROVAL_STEP_STATE_PENDING}}}},
+	}}})
+	testsOf := func(id string) []*captainv1.CommandTestRun {
+		h, _ := f.State().Snapshot().Host(id)
+		apps, err := Desired(f.State().Snapshot(), h.GetHost())
+		if err != nil || len(apps) != 1 {
+			t.Fatalf("desired for %s = %v, %v", id, apps, err)
+		}
+		return apps[0].GetTests()
+	}
+	if got := testsOf("b"); len(got) != 1 || got[0].GetId() != TestID("web", "regional", 1, "it") || got[0].GetCommand()[0] != "./bin/it" {
+		t.Fatalf("tests for b = %v", got)
+	}
+	if len(testsOf("a")) != 0 || len(testsOf("c")) != 0 {
+		t.Fatal("the test went to more than the one chosen host")
+	}
+	ap.must(t, &raftv1.Command{Body: &raftv1.Command_HostReports{HostReports: &raftv1.HostReports{Reports: []*raftv1.HostReport{{HostId: "b", Events: []*captainv1.HostEvent{{
+		Seq: 1, Pipeline: "web", TestResult: &captainv1.CommandTestResult{Id: TestID("web", "regional", 1, "it"), Output: &captainv1.StepOutput{Name: "it", Passed: false, ExitCode: 2, Output: "2 tests failed\n..."}},
+	}}}}}}})
+	s, _ := f.State().Snapshot().Stage("web", "regional")
+	a := findApproval(s, "test:it")
+	if a.GetState() != captainv1.ApprovalStepState_APPROVAL_STEP_STATE_FAILED || a.GetDetail() != "failed on host b (exit 2): 2 tests failed" || len(a.GetOutputs()) != 1 {
+		t.Fatalf("approval after the report = %v", a)
+	}
+	if len(testsOf("b")) != 0 {
+		t.Fatal("a settled test is still asked for")
+	}
+}

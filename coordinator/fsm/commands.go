@@ -294,6 +294,9 @@ func (a *applier) hostReports(c *raftv1.HostReports) (proto.Message, bool, error
 			if err := a.recordHostResult(r.GetHostId(), ev); err != nil {
 				return nil, false, err
 			}
+			if err := a.recordTestResult(r.GetHostId(), ev.GetTestResult()); err != nil {
+				return nil, false, err
+			}
 		}
 		n.Host.Index = a.tx.Index()
 		if err := a.tx.PutHost(n); err != nil {
@@ -350,6 +353,46 @@ func (a *applier) recordHostResult(hostID string, ev *captainv1.HostEvent) error
 	}
 	n.Index = a.tx.Index()
 	return a.tx.PutDeployment(n)
+}
+
+// recordTestResult settles a command test approval with the output a host reported. A result
+// for a release the stage no longer verifies, or for a test already settled, changes nothing.
+func (a *applier) recordTestResult(hostID string, tr *captainv1.CommandTestResult) error {
+	if tr == nil {
+		return nil
+	}
+	parts := strings.SplitN(tr.GetId(), "/", 4)
+	if len(parts) != 4 {
+		return nil
+	}
+	s, err := a.tx.Stage(parts[0], parts[1])
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if strconv.FormatUint(s.GetRelease(), 10) != parts[2] || s.GetPhase() != captainv1.StagePhase_STAGE_PHASE_VERIFYING {
+		return nil
+	}
+	n := proto.CloneOf(s)
+	for _, ap := range n.GetApprovals() {
+		if ap.GetStep() != "test:"+parts[3] || ap.GetState() != captainv1.ApprovalStepState_APPROVAL_STEP_STATE_PENDING {
+			continue
+		}
+		out := tr.GetOutput()
+		ap.Outputs = append(ap.Outputs, out)
+		ap.UpdatedAt = a.at()
+		if out.GetPassed() {
+			ap.State, ap.Detail = captainv1.ApprovalStepState_APPROVAL_STEP_STATE_PASSED, "passed on host "+hostID
+		} else {
+			line, _, _ := strings.Cut(out.GetOutput(), "\n")
+			ap.State, ap.Detail = captainv1.ApprovalStepState_APPROVAL_STEP_STATE_FAILED, fmt.Sprintf("failed on host %s (exit %d): %s", hostID, out.GetExitCode(), line)
+		}
+		n.Index = a.tx.Index()
+		return a.tx.PutStage(n)
+	}
+	return nil
 }
 
 func (a *applier) setAlarmState(c *raftv1.SetAlarmState) (proto.Message, bool, error) {
