@@ -32,6 +32,9 @@ type Config struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	// StateDir holds local state, the host identity and the artifact cache.
 	StateDir string `json:"state_dir,omitempty"`
+	// RootDir prefixes every pipeline's deploy.app_root, so several agents can share one
+	// machine (development and tests). Empty on real hosts.
+	RootDir string `json:"root_dir,omitempty"`
 	// TrustedKeys are public key files; an artifact is unpacked only if one of them signed it.
 	TrustedKeys []string `json:"trusted_keys,omitempty"`
 	// S3 says where artifact buckets are; credentials come from minio-go's standard chain.
@@ -171,6 +174,9 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		errs = append(errs, fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir))
+	}
+	if c.RootDir != "" && (!filepath.IsAbs(c.RootDir) || filepath.Clean(c.RootDir) == "/") {
+		errs = append(errs, fmt.Errorf("root_dir: %q must be an absolute path other than / (or left empty on a real host)", c.RootDir))
 	}
 	for i, k := range c.TrustedKeys {
 		if !filepath.IsAbs(k) {

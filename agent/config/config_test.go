@@ -41,6 +41,13 @@ hostname: web-1
 		{name: "bad label key", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nlabels: {'-region': x}\n", wantErr: []string{`labels: key "-region"`}},
 		{name: "bad label value", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nlabels: {az: 'use1 az1'}\n", wantErr: []string{`labels.az: value "use1 az1"`}},
 		{name: "relative state dir", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nstate_dir: var/lib\n", wantErr: []string{"state_dir"}},
+		{name: "root dir parses", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nroot_dir: /tmp/agent-1\n", check: func(t *testing.T, c *Config) {
+			if c.RootDir != "/tmp/agent-1" {
+				t.Errorf("root_dir = %q, want /tmp/agent-1", c.RootDir)
+			}
+		}},
+		{name: "relative root dir", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nroot_dir: agents/1\n", wantErr: []string{`root_dir: "agents/1"`}},
+		{name: "root dir slash", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nroot_dir: /\n", wantErr: []string{`root_dir: "/"`}},
 		{name: "bad log level", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nlog_level: loud\n", wantErr: []string{`log_level: "loud"`}},
 		{name: "every problem at once", yaml: "labels: {'': x}\n", wantErr: []string{"coordinators:", "join_token_file:", "labels: key"}},
 		{name: "wrong type is named", yaml: "coordinators: http://c:1\njoin_token_file: /t\n", wantErr: []string{"coordinators"}},

@@ -225,6 +225,7 @@ type host struct {
 	t        *testing.T
 	stateDir string
 	appRoot  string
+	rootDir  string // Config.RootDir; appRoot is then the pipeline's app_root, not a path here
 	bucket   *dirBucket
 	key      ed25519.PrivateKey
 	pub      ed25519.PublicKey
@@ -303,7 +304,7 @@ func (h *host) start() *running {
 		h.t.Fatal(err)
 	}
 	a := New(Config{
-		StateDir: h.stateDir, JoinTokenFile: h.token, Hostname: "web-1", Labels: map[string]string{"az": "use1-az1"},
+		StateDir: h.stateDir, RootDir: h.rootDir, JoinTokenFile: h.token, Hostname: "web-1", Labels: map[string]string{"az": "use1-az1"},
 		AgentVersion: "test", Heartbeat: 50 * time.Millisecond, ReportEvery: 20 * time.Millisecond,
 		Watchdog: 100 * time.Millisecond, Notify: h.notes.add,
 	}, cl, d, st, log)

@@ -45,6 +45,9 @@ type deployer interface {
 type Config struct {
 	// StateDir holds identity.json.
 	StateDir string
+	// RootDir, when set, prefixes every desired app's deploy.app_root, so several agents can
+	// share one machine (development and tests); empty on real hosts.
+	RootDir string
 	// JoinTokenFile is read whenever the agent (re-)registers, so an operator can replace it
 	// without a restart.
 	JoinTokenFile string
@@ -89,6 +92,7 @@ type Agent struct {
 	apps         map[string]string // pipeline -> what it does, for STATUS=
 	conn         string            // "" when the coordinators answer
 	status       string
+	testsStarted map[string]bool // command test IDs run by this process
 	wg           sync.WaitGroup
 }
 
@@ -445,7 +449,10 @@ func (a *Agent) desired(ctx context.Context, w *captainv1.WatchResponse) {
 			a.log.Warn("desired app without a pipeline name ignored", "index", w.GetIndex())
 			continue
 		}
+		// Deployments and command tests alike see the app_root this host uses.
+		app = underRoot(a.cfg.RootDir, app)
 		a.offer(ctx, app)
+		a.runTests(ctx, app)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/captain-cd/captain/agent/deploy"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -284,5 +285,104 @@ func TestUnfinishedDeploymentResumesAfterRestartBeforeANewerOne(t *testing.T) {
 	if !healthyReported(c, "d1")() {
 		_, evs, _ := c.snapshot()
 		t.Fatalf("d1 was not finished after the restart: %v", states(evs))
+	}
+}
+
+func TestRootDirPrefixesAppRootOnceAcrossAResumedDeployment(t *testing.T) {
+	c := newCoordinator()
+	h := newHost(t, serve(t, c))
+	h.rootDir = t.TempDir()
+	// An app_root this test cannot write: every file must land under root_dir.
+	h.appRoot = "/srv/captain-loop-test"
+	local := filepath.Join(h.rootDir, "srv", "captain-loop-test")
+
+	gate := filepath.Join(t.TempDir(), "gate")
+	started := filepath.Join(t.TempDir(), "started")
+	c.want(h.desired(1, "d1", fmt.Sprintf(`touch %s; while [ ! -e %s ]; do sleep 0.02; done`, started, gate)))
+	r := h.start()
+	eventually(t, 20*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, func() string { return "release 1 never reached its activate hook" })
+	r.stop()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.want(h.desired(2, "d2", ""))
+	h.start()
+	eventually(t, 20*time.Second, healthyReported(c, "d2"), func() string {
+		_, evs, _ := c.snapshot()
+		return fmt.Sprintf("reported %v, want d1 then d2 healthy", states(evs))
+	})
+
+	if cur, err := deploy.ReadCurrent(local); err != nil || cur != "releases/2-d2" {
+		t.Fatalf("current under root_dir -> %q (%v), want releases/2-d2", cur, err)
+	}
+	// The hooks saw the prefixed root: that is where they wrote.
+	b, err := os.ReadFile(filepath.Join(local, "activations"))
+	if got := strings.Fields(string(b)); err != nil || !slices.Equal(got, []string{"1", "d1", "2", "d2"}) {
+		t.Fatalf("activations under root_dir = %q (%v), want release 1 then 2", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(h.rootDir, h.rootDir)); !os.IsNotExist(err) {
+		t.Fatalf("root_dir applied twice on resume: %v", err)
+	}
+	_, evs, _ := c.snapshot()
+	last := evs[len(evs)-1].GetApp()
+	for _, rel := range last.GetReleasesOnDisk() {
+		if !strings.HasPrefix(rel.GetDir(), local+"/releases/") {
+			t.Errorf("reported release dir %q, want it under %s: the report names where the files are", rel.GetDir(), local)
+		}
+	}
+	if len(last.GetReleasesOnDisk()) != 2 || last.GetCurrentRelease() != 2 {
+		t.Errorf("last report: current %d, %d releases on disk; want current 2 and both releases", last.GetCurrentRelease(), len(last.GetReleasesOnDisk()))
+	}
+}
+
+func TestUnderRootLeavesRefusedAppRootsAlone(t *testing.T) {
+	tests := []struct {
+		name, root, appRoot, want string
+	}{
+		{name: "prefixes an absolute app root", root: "/tmp/a1", appRoot: "/srv/web", want: "/tmp/a1/srv/web"},
+		{name: "no root dir on a real host", root: "", appRoot: "/srv/web", want: "/srv/web"},
+		{name: "relative app root stays refusable", root: "/tmp/a1", appRoot: "srv/web", want: "srv/web"},
+		{name: "slash stays refusable", root: "/tmp/a1", appRoot: "/", want: "/"},
+		{name: "unclean app root stays refusable", root: "/tmp/a1", appRoot: "/srv/../etc", want: "/srv/../etc"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := &captainv1.DesiredApp{Pipeline: "web", Deploy: &captainv1.DeploySettings{AppRoot: tt.appRoot}}
+			got := underRoot(tt.root, in)
+			if got.GetDeploy().GetAppRoot() != tt.want {
+				t.Errorf("app_root = %q, want %q", got.GetDeploy().GetAppRoot(), tt.want)
+			}
+			if in.GetDeploy().GetAppRoot() != tt.appRoot {
+				t.Errorf("the coordinator's message was changed to %q", in.GetDeploy().GetAppRoot())
+			}
+		})
+	}
+}
+
+func TestCommandTestsSeeTheAppRootUnderRootDir(t *testing.T) {
+	c := newCoordinator()
+	h := newHost(t, serve(t, c))
+	h.rootDir = t.TempDir()
+	h.appRoot = "/srv/captain-loop-test"
+	local := filepath.Join(h.rootDir, "srv", "captain-loop-test")
+	r := h.start()
+	defer r.stop()
+	app := h.desired(1, "d1", "")
+	c.want(app)
+	eventually(t, 20*time.Second, healthyReported(c, "d1"), func() string { return "d1 not healthy" })
+	app.Tests = []*captainv1.CommandTestRun{{Id: "web/az1/1/where", Name: "where", Command: []string{"/bin/sh", "-c", `echo "$CAPTAIN_APP_ROOT $(cat VERSION)"`}}}
+	c.want(app)
+	var got *captainv1.StepOutput
+	eventually(t, 20*time.Second, func() bool {
+		_, evs, _ := c.snapshot()
+		for _, ev := range evs {
+			if tr := ev.GetTestResult(); tr != nil {
+				got = tr.GetOutput()
+			}
+		}
+		return got != nil
+	}, func() string { return "no command test result" })
+	if want := local + " release 1\n"; !got.GetPassed() || got.GetOutput() != want {
+		t.Fatalf("command test = %v, want it passed in current under root_dir printing %q", got, want)
 	}
 }

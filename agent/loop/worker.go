@@ -3,7 +3,10 @@ package loop
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"sync"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/captain-cd/captain/agent/deploy"
 	"github.com/captain-cd/captain/agent/localstate"
@@ -27,6 +30,20 @@ type worker struct {
 // offer gives want to its pipeline's worker, starting the worker on first use.
 func (a *Agent) offer(ctx context.Context, want *captainv1.DesiredApp) {
 	a.give(ctx, want, false)
+}
+
+// underRoot returns want with deploy.app_root moved under root. Only desired apps from the
+// coordinator pass through it: a resumed deployment comes from local state, where the
+// Deployer recorded the prefixed root, and must not be prefixed twice. An app_root the
+// Deployer would refuse (relative, unclean, /) is left as is so it is still refused.
+func underRoot(root string, want *captainv1.DesiredApp) *captainv1.DesiredApp {
+	appRoot := want.GetDeploy().GetAppRoot()
+	if root == "" || !filepath.IsAbs(appRoot) || filepath.Clean(appRoot) != appRoot || appRoot == "/" {
+		return want
+	}
+	want = proto.CloneOf(want)
+	want.Deploy.AppRoot = filepath.Join(root, appRoot)
+	return want
 }
 
 func (a *Agent) give(ctx context.Context, want *captainv1.DesiredApp, resume bool) {

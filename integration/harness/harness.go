@@ -217,13 +217,25 @@ type Cluster struct {
 	tokenFile  string
 	t          testing.TB
 	dir        string
+	// extra are flags every node gets, e.g. --heartbeat-interval.
+	extra []string
+	// used are the addresses handed to nodes: a node binds its ports only after it started,
+	// so until then the kernel may offer the same free port again.
+	used map[string]bool
 }
 
 // StartCluster starts n coordinators on loopback: the first bootstraps with an initial admin
 // token, the others join through it. It returns once every node reports ready.
 func StartCluster(t testing.TB, bins Bins, n int) *Cluster {
 	t.Helper()
-	c := &Cluster{Bins: bins, t: t, dir: t.TempDir(), AdminToken: "cpt_admin_" + randomHex(16)}
+	return StartClusterArgs(t, bins, n)
+}
+
+// StartClusterArgs is StartCluster with extra captaind flags for every node (now and when
+// added or restarted), e.g. "--heartbeat-interval", "200ms".
+func StartClusterArgs(t testing.TB, bins Bins, n int, extra ...string) *Cluster {
+	t.Helper()
+	c := &Cluster{Bins: bins, t: t, dir: t.TempDir(), AdminToken: "cpt_admin_" + randomHex(16), extra: extra}
 	c.tokenFile = filepath.Join(c.dir, "admin.token")
 	if err := os.WriteFile(c.tokenFile, []byte(c.AdminToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -245,10 +257,22 @@ func StartCluster(t testing.TB, bins Bins, n int) *Cluster {
 func (c *Cluster) AddNode(bootstrap bool) *Node {
 	c.t.Helper()
 	id := fmt.Sprintf("n%d", len(c.Nodes)+1)
-	node := &Node{ID: id, APIAddr: FreeAddr(c.t), RaftAddr: FreeAddr(c.t), DataDir: filepath.Join(c.dir, id)}
+	node := &Node{ID: id, APIAddr: c.freeAddr(), RaftAddr: c.freeAddr(), DataDir: filepath.Join(c.dir, id)}
 	c.startNode(node, bootstrap)
 	c.Nodes = append(c.Nodes, node)
 	return node
+}
+
+func (c *Cluster) freeAddr() string {
+	if c.used == nil {
+		c.used = map[string]bool{}
+	}
+	for {
+		if a := FreeAddr(c.t); !c.used[a] {
+			c.used[a] = true
+			return a
+		}
+	}
 }
 
 func (c *Cluster) startNode(node *Node, bootstrap bool) {
@@ -264,6 +288,7 @@ func (c *Cluster) startNode(node *Node, bootstrap bool) {
 		}
 		args = append(args, "--join", strings.Join(peers, ","), "--join-token-file", c.tokenFile)
 	}
+	args = append(args, c.extra...)
 	node.Process = Start(c.t, "captaind "+node.ID, c.Bins.Captaind, nil, args...)
 }
 

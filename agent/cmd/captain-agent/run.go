@@ -98,6 +98,7 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	a := loop.New(loop.Config{
 		StateDir:      cfg.StateDir,
+		RootDir:       cfg.RootDir,
 		JoinTokenFile: cfg.JoinTokenFile,
 		Hostname:      cfg.Hostname,
 		Labels:        cfg.Labels,
