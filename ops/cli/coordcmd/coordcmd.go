@@ -7,18 +7,20 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/captain-cd/captain/ops/cli/clientcfg"
+	"github.com/captain-cd/captain/ops/cli/statuscmd"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 	"github.com/captain-cd/captain/protocol/gen/captain/v1/captainv1connect"
 )
 
-// NewCommands returns the top-level commands: cluster, pipeline, release, token, audit.
+// NewCommands returns the top-level commands: cluster, pipeline, release, token, audit, and the
+// operator commands status, promotions, approve, alarm, hosts, host, history, deployment,
+// where and rollback.
 func NewCommands(cfg *clientcfg.Config) []*cobra.Command {
 	return []*cobra.Command{
 		NewClusterCommand(cfg),
@@ -26,6 +28,16 @@ func NewCommands(cfg *clientcfg.Config) []*cobra.Command {
 		NewReleaseCommand(cfg),
 		NewTokenCommand(cfg),
 		NewAuditCommand(cfg),
+		NewStatusCommand(cfg),
+		NewPromotionsCommand(cfg),
+		NewApproveCommand(cfg),
+		NewAlarmCommand(cfg),
+		NewHostsCommand(cfg),
+		NewHostCommand(cfg),
+		NewHistoryCommand(cfg),
+		NewDeploymentCommand(cfg),
+		NewWhereCommand(cfg),
+		NewRollbackCommand(cfg),
 	}
 }
 
@@ -35,6 +47,11 @@ type clients struct {
 	release  captainv1connect.ReleaseServiceClient
 	token    captainv1connect.TokenServiceClient
 	audit    captainv1connect.AuditServiceClient
+
+	deployment captainv1connect.DeploymentServiceClient
+	operator   captainv1connect.OperatorServiceClient
+	alarm      captainv1connect.AlarmServiceClient
+	host       captainv1connect.HostServiceClient
 }
 
 func newClients(cfg *clientcfg.Config) (*clients, error) {
@@ -56,6 +73,11 @@ func newClientsWith(hc *http.Client, cfg *clientcfg.Config) *clients {
 		release:  captainv1connect.NewReleaseServiceClient(hc, base, opts...),
 		token:    captainv1connect.NewTokenServiceClient(hc, base, opts...),
 		audit:    captainv1connect.NewAuditServiceClient(hc, base, opts...),
+
+		deployment: captainv1connect.NewDeploymentServiceClient(hc, base, opts...),
+		operator:   captainv1connect.NewOperatorServiceClient(hc, base, opts...),
+		alarm:      captainv1connect.NewAlarmServiceClient(hc, base, opts...),
+		host:       captainv1connect.NewHostServiceClient(hc, base, opts...),
 	}
 }
 
@@ -76,13 +98,47 @@ func run(cfg *clientcfg.Config, fn func(cmd *cobra.Command, args []string, c *cl
 	}
 }
 
+// table aligns columns two spaces apart like text/tabwriter would, but measures cells without
+// their ANSI colour codes, so a coloured cell does not push its column out of line.
 func table(w io.Writer, header string, rows [][]string) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, header)
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	all := append([][]string{strings.Split(header, "\t")}, rows...)
+	var widths []int
+	for _, r := range all {
+		for i, cell := range r {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], visibleWidth(cell))
+		}
 	}
-	return tw.Flush()
+	var b strings.Builder
+	for _, r := range all {
+		for i, cell := range r {
+			b.WriteString(cell)
+			if i < len(r)-1 {
+				b.WriteString(strings.Repeat(" ", widths[i]-visibleWidth(cell)+2))
+			}
+		}
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// visibleWidth counts the runes a terminal shows: SGR sequences (ESC [ ... m) take no room.
+func visibleWidth(s string) int {
+	n, inEscape := 0, false
+	for _, r := range s {
+		switch {
+		case inEscape:
+			inEscape = r != 'm'
+		case r == '\x1b':
+			inEscape = true
+		default:
+			n++
+		}
+	}
+	return n
 }
 
 func ts(t *timestamppb.Timestamp) string {
@@ -90,6 +146,14 @@ func ts(t *timestamppb.Timestamp) string {
 		return "-"
 	}
 	return t.AsTime().UTC().Format(time.RFC3339)
+}
+
+// ago is a table's relative time: "3m ago", "in 2m", "-".
+func ago(t *timestamppb.Timestamp, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return statuscmd.Ago(t.AsTime(), now)
 }
 
 func orDash(s string) string {

@@ -5,8 +5,11 @@ package statuscmd
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
+
+	"golang.org/x/term"
 
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
@@ -15,6 +18,28 @@ import (
 type Style struct {
 	Color bool
 }
+
+// StyleFor colours output only for a person: w must be a terminal and NO_COLOR unset
+// (https://no-color.org), so pipes, files and CI logs get plain text.
+func StyleFor(w io.Writer) Style {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return Style{}
+	}
+	return Style{Color: term.IsTerminal(int(f.Fd()))}
+}
+
+// Good paints text green.
+func (s Style) Good(text string) string { return s.paint("32", text) }
+
+// Bad paints text red.
+func (s Style) Bad(text string) string { return s.paint("31", text) }
+
+// Busy paints text yellow: something is moving.
+func (s Style) Busy(text string) string { return s.paint("33", text) }
+
+// Bold makes text bold.
+func (s Style) Bold(text string) string { return s.paint("1", text) }
 
 func (s Style) paint(code, text string) string {
 	if !s.Color || text == "" {
@@ -195,5 +220,18 @@ func ago(t, now time.Time) string {
 	if t.IsZero() {
 		return ""
 	}
-	return short(now.Sub(t)) + " ago"
+	return Ago(t, now)
+}
+
+// Ago says when t was relative to now the way people say it: "3m ago", or "in 5m" for a
+// time still ahead (deadlines, bake ends); "-" for no time at all.
+func Ago(t, now time.Time) string {
+	switch d := now.Sub(t); {
+	case t.IsZero():
+		return "-"
+	case d < 0:
+		return "in " + short(-d)
+	default:
+		return short(d) + " ago"
+	}
 }

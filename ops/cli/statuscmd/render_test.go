@@ -76,3 +76,34 @@ func TestShortDurations(t *testing.T) {
 		}
 	}
 }
+
+func TestAgoSaysPastFutureAndNothing(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		at   time.Time
+		want string
+	}{
+		{now.Add(-3 * time.Minute), "3m ago"},
+		{now.Add(-125 * time.Minute), "2h5m ago"},
+		{now.Add(5 * time.Minute), "in 5m"},
+		{now, "0s ago"},
+		{time.Time{}, "-"},
+	} {
+		if got := Ago(tc.at, now); got != tc.want {
+			t.Errorf("Ago(%s) = %q, want %q", tc.at, got, tc.want)
+		}
+	}
+}
+
+func TestStyleForAnythingButATerminalIsPlain(t *testing.T) {
+	var b strings.Builder
+	if StyleFor(&b).Color {
+		t.Error("a buffer gets colour")
+	}
+	if got := (Style{}).Bad("x"); got != "x" {
+		t.Errorf("plain Bad = %q", got)
+	}
+	if got := (Style{Color: true}).Good("x"); got != "\x1b[32mx\x1b[0m" {
+		t.Errorf("coloured Good = %q", got)
+	}
+}
