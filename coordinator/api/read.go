@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/captain-cd/captain/coordinator/engine"
 	"github.com/captain-cd/captain/coordinator/liveness"
 	"github.com/captain-cd/captain/coordinator/state"
 	raftv1 "github.com/captain-cd/captain/protocol/gen/captain/raft/v1"
@@ -102,11 +103,15 @@ func (h *hostService) ListHosts(ctx context.Context, req *connect.Request[captai
 			if err != nil {
 				return nil, err
 			}
+			pipelines, err := r.Pipelines()
+			if err != nil {
+				return nil, err
+			}
 			out := &captainv1.ListHostsResponse{Index: r.Index()}
 			t := h.s.tracker()
 			for _, sh := range hosts {
 				if selectors == nil || matchesAny(sh.GetHost().GetLabels(), selectors) {
-					out.Hosts = append(out.Hosts, withHeartbeat(sh.GetHost(), t))
+					out.Hosts = append(out.Hosts, withConflicts(withHeartbeat(sh.GetHost(), t), pipelines))
 				}
 			}
 			return out, nil
@@ -136,8 +141,43 @@ func (h *hostService) GetHost(ctx context.Context, req *connect.Request[captainv
 			if err != nil {
 				return nil, err
 			}
-			return &captainv1.GetHostResponse{Host: withHeartbeat(sh.GetHost(), h.s.tracker())}, nil
+			pipelines, err := r.Pipelines()
+			if err != nil {
+				return nil, err
+			}
+			return &captainv1.GetHostResponse{Host: withConflicts(withHeartbeat(sh.GetHost(), h.s.tracker()), pipelines)}, nil
 		})(ctx, req)
+}
+
+// withConflicts flags every pipeline in which the host's labels match more than one
+// environment: the engine leaves such a host alone, and the operator must see why.
+func withConflicts(host *captainv1.Host, pipelines []*captainv1.Pipeline) *captainv1.Host {
+	var out *captainv1.Host
+	for _, p := range pipelines {
+		envs := engine.Matches(p.GetSpec(), host)
+		if len(envs) < 2 {
+			continue
+		}
+		if out == nil {
+			out = proto.CloneOf(host) // rows in state are shared and immutable
+		}
+		name := p.GetSpec().GetName()
+		var app *captainv1.HostApp
+		for _, a := range out.GetApps() {
+			if a.GetPipeline() == name {
+				app = a
+			}
+		}
+		if app == nil {
+			app = &captainv1.HostApp{Pipeline: name}
+			out.Apps = append(out.Apps, app)
+		}
+		app.Environment, app.ConflictingEnvironments = "", envs
+	}
+	if out == nil {
+		return host
+	}
+	return out
 }
 
 // withHeartbeat adds the last heartbeat the leader's tracker knows of. Heartbeats never go
