@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/captain-cd/captain/agent/atomicfile"
 	"github.com/captain-cd/captain/artifacts/manifest"
 )
 
@@ -72,14 +73,7 @@ func removeTempLinks(appRoot string) {
 	}
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // removeTree removes dir even where the artifact made directories read-only.
 func removeTree(dir string) error {

@@ -8,12 +8,13 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"text/template"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/captain-cd/captain/agent/atomicfile"
 )
 
 // AgentUnit is the agent's unit name and AgentUnitPath where install writes it.
@@ -183,43 +184,5 @@ func StopAndDisable(ctx context.Context, unit, unitPath string) ([]string, error
 // WriteFileAtomic replaces path with data (mode perm): readers see the old or the new file,
 // and after return the new one survives a crash.
 func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	fail := func(what string, err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %s: %w", path, what, err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fail("chmod", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail("write", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail("fsync", err)
-	}
-	if err := f.Close(); err != nil {
-		return fail("close", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: rename: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write %s: open dir for fsync: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync dir: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write(path, data, perm)
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/captain-cd/captain/agent/atomicfile"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -340,40 +341,9 @@ func (s *Store) Pending() []*captainv1.HostEvent {
 
 // writeFile replaces path atomically: a reader or a crash sees the old bytes or the new
 // ones, never a mix, and after return the new bytes survive power loss.
-func writeFile(dir, path string, b []byte) error {
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+func writeFile(_, path string, b []byte) error {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("write agent state: %w", err)
-	}
-	tmp := f.Name()
-	fail := func(what string, err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write agent state %s: %s: %w", path, what, err)
-	}
-	if err := f.Chmod(0o600); err != nil {
-		return fail("chmod", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		return fail("write", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail("fsync", err)
-	}
-	if err := f.Close(); err != nil {
-		return fail("close", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write agent state %s: rename: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write agent state: open dir for fsync: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write agent state: fsync %s: %w", dir, err)
 	}
 	return nil
 }

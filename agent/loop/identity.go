@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/captain-cd/captain/agent/atomicfile"
 )
 
 // IdentityFile is the host's credential inside the state directory.
@@ -41,40 +43,8 @@ func SaveIdentity(stateDir string, id Identity) error {
 	if err != nil {
 		return fmt.Errorf("encode host identity: %w", err)
 	}
-	path := filepath.Join(stateDir, IdentityFile)
-	f, err := os.CreateTemp(stateDir, "."+IdentityFile+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write host identity: %w", err)
-	}
-	tmp := f.Name()
-	fail := func(what string, err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write host identity %s: %s: %w", path, what, err)
-	}
-	if err := f.Chmod(0o600); err != nil {
-		return fail("chmod", err)
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		return fail("write", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail("fsync", err)
-	}
-	if err := f.Close(); err != nil {
-		return fail("close", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write host identity %s: rename: %w", path, err)
-	}
-	d, err := os.Open(stateDir)
-	if err != nil {
-		return fmt.Errorf("write host identity: open %s for fsync: %w", stateDir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write host identity: fsync %s: %w", stateDir, err)
+	if err := atomicfile.Write(filepath.Join(stateDir, IdentityFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save host identity: %w", err)
 	}
 	return nil
 }
