@@ -1,11 +1,14 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 
 	"connectrpc.com/connect"
 
@@ -104,6 +107,31 @@ func stagesOfRelease(r *state.Reader, pipeline string, number uint64) ([]*captai
 	if err != nil {
 		return nil, err
 	}
+	// Superseded leaves no trace in the stage row once the inbox moves on; the audit log keeps it.
+	events, err := r.AuditEvents(state.AuditFilter{Pipeline: pipeline})
+	if err != nil {
+		return nil, err
+	}
+	// So does an approval once newer releases took the stage over.
+	superseded, approved := map[string]*captainv1.AuditEvent{}, map[string]*captainv1.AuditEvent{}
+	for _, e := range events {
+		if e.GetDetails()["release"] != strconv.FormatUint(number, 10) {
+			continue
+		}
+		var m map[string]*captainv1.AuditEvent
+		switch e.GetAction() {
+		case "release.superseded":
+			m = superseded
+		case "stage.approved":
+			m = approved
+		default:
+			continue
+		}
+		stage := strings.TrimPrefix(e.GetTarget(), "pipeline/"+pipeline+"/stage/")
+		if _, seen := m[stage]; !seen { // newest first: keep the latest
+			m[stage] = e
+		}
+	}
 	var out []*captainv1.StageOfRelease
 	for _, spec := range p.GetSpec().GetStages() {
 		sr := &captainv1.StageOfRelease{Stage: spec.GetName()}
@@ -124,19 +152,60 @@ func stagesOfRelease(r *state.Reader, pipeline string, number uint64) ([]*captai
 				sr.Status, sr.Since = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_WAITING, st.GetInbox().GetSince()
 			case st.GetRelease() == number:
 				sr.Since = st.GetPhaseSince()
+				lastGood := slices.ContainsFunc(st.GetEnvironments(), func(e *captainv1.EnvironmentState) bool { return e.GetLastGoodRelease() == number })
 				switch st.GetPhase() {
-				case captainv1.StagePhase_STAGE_PHASE_APPROVED, captainv1.StagePhase_STAGE_PHASE_IDLE:
+				case captainv1.StagePhase_STAGE_PHASE_APPROVED:
 					sr.Status = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_APPROVED
+				case captainv1.StagePhase_STAGE_PHASE_IDLE:
+					sr.Status = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_APPROVED
+					if !lastGood {
+						// Idle on a release no environment kept as last good: it was rolled back.
+						sr.Status, sr.Detail = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_FAILED, cmp.Or(st.GetFailure(), st.GetBlock().GetReason(), "rolled back")
+					}
 				case captainv1.StagePhase_STAGE_PHASE_FAILED, captainv1.StagePhase_STAGE_PHASE_ROLLING_BACK:
-					sr.Status, sr.Detail = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_FAILED, st.GetFailure()
+					sr.Status, sr.Detail = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_FAILED, cmp.Or(st.GetFailure(), st.GetBlock().GetReason())
 				default:
 					sr.Status = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_IN_PROGRESS
 				}
+			case slices.ContainsFunc(st.GetEnvironments(), func(e *captainv1.EnvironmentState) bool { return e.GetLastGoodRelease() == number }):
+				sr.Status = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_APPROVED
+				if e := approved[spec.GetName()]; e != nil {
+					sr.Since = e.GetAt()
+				}
+			case approved[spec.GetName()] != nil:
+				sr.Status, sr.Since = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_APPROVED, approved[spec.GetName()].GetAt()
+			case superseded[spec.GetName()] != nil:
+				e := superseded[spec.GetName()]
+				sr.Status, sr.Since = captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_SUPERSEDED, e.GetAt()
+				sr.Detail = "superseded by release " + e.GetDetails()["by"]
+			}
+			if sr.Status == captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_APPROVED {
+				sr.Detail = rolledBack(st, number)
 			}
 		}
 		out = append(out, sr)
 	}
 	return out, nil
+}
+
+// rolledBack says so when every environment of the stage went back below an approved release,
+// which stays approved (an operator rollback does not make it bad) but no longer runs there.
+func rolledBack(st *captainv1.StageState, number uint64) string {
+	var below uint64
+	for _, env := range st.GetEnvironments() {
+		if env.GetCurrentRelease() >= number {
+			return ""
+		}
+		below = max(below, env.GetCurrentRelease())
+	}
+	if below == 0 {
+		return ""
+	}
+	detail := fmt.Sprintf("rolled back to release %d", below)
+	if b := st.GetBlock(); b.GetReason() != "" {
+		detail += " (" + b.GetReason() + ")"
+	}
+	return detail
 }
 
 func (rs *releaseService) ListReleases(ctx context.Context, req *connect.Request[captainv1.ListReleasesRequest]) (*connect.Response[captainv1.ListReleasesResponse], error) {
@@ -157,19 +226,26 @@ func (rs *releaseService) ListReleases(ctx context.Context, req *connect.Request
 		})(ctx, req)
 }
 
-// DiffReleases returns the commits between two releases; file changes need the artifact
-// manifests, which the coordinator does not fetch yet.
+// DiffReleases returns the commits between two releases and the file changes from the older
+// artifact's manifest to the newer one's. Without the manifests it still answers with the
+// commits and says why the files are missing.
 func (rs *releaseService) DiffReleases(ctx context.Context, req *connect.Request[captainv1.DiffReleasesRequest]) (*connect.Response[captainv1.DiffReleasesResponse], error) {
 	return reader(rs.s, func(*captainv1.DiffReleasesRequest) *captainv1.ReadOptions { return nil },
-		func(_ context.Context, m *captainv1.DiffReleasesRequest, r *state.Reader) (*captainv1.DiffReleasesResponse, error) {
+		func(ctx context.Context, m *captainv1.DiffReleasesRequest, r *state.Reader) (*captainv1.DiffReleasesResponse, error) {
 			if err := pipelineExists(r, m.GetPipeline()); err != nil {
 				return nil, err
 			}
 			lo, hi := min(m.GetFrom(), m.GetTo()), max(m.GetFrom(), m.GetTo())
+			var ends []*captainv1.Release
 			for _, n := range []uint64{lo, hi} {
-				if _, err := r.Release(m.GetPipeline(), n); err != nil {
+				rel, err := r.Release(m.GetPipeline(), n)
+				if errors.Is(err, state.ErrNotFound) {
+					return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("pipeline %s has no release %d: see `captain release list --pipeline %s`", m.GetPipeline(), n, m.GetPipeline()))
+				}
+				if err != nil {
 					return nil, err
 				}
+				ends = append(ends, rel)
 			}
 			rels, err := r.Releases(m.GetPipeline(), hi+1, int(hi-lo))
 			if err != nil {
@@ -181,6 +257,12 @@ func (rs *releaseService) DiffReleases(ctx context.Context, req *connect.Request
 					out.Commits = append(out.Commits, rel.GetCommits()...)
 				}
 			}
+			files, err := rs.s.manifests.FileChanges(ctx, ends[0].GetArtifact(), ends[1].GetArtifact())
+			if err != nil {
+				out.FilesUnavailable = err.Error()
+				rs.s.logger.Debug("release diff without file changes", "pipeline", m.GetPipeline(), "from", lo, "to", hi, "err", err)
+			}
+			out.Files = files
 			return out, nil
 		})(ctx, req)
 }

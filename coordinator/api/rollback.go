@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/captain-cd/captain/coordinator/engine"
 	"github.com/captain-cd/captain/coordinator/fsm"
@@ -17,11 +18,13 @@ import (
 )
 
 func (o *operatorService) PreviewRollback(ctx context.Context, req *connect.Request[captainv1.PreviewRollbackRequest]) (*connect.Response[captainv1.PreviewRollbackResponse], error) {
-	plan, _, err := o.planRollback(o.s.readerOf(), req.Msg.GetTarget(), actor(ctx), "", true)
+	rd := o.s.readerOf()
+	plan, _, err := o.planRollback(rd, req.Msg.GetTarget(), actor(ctx), "", true)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&captainv1.PreviewRollbackResponse{Plan: plan}), nil
+	unavailable := o.describe(ctx, rd, req.Msg.GetTarget().GetPipeline(), plan)
+	return connect.NewResponse(&captainv1.PreviewRollbackResponse{Plan: plan, FileChangesUnavailable: unavailable}), nil
 }
 
 func (o *operatorService) Rollback(ctx context.Context, req *connect.Request[captainv1.RollbackRequest]) (*connect.Response[captainv1.RollbackResponse], error) {
@@ -61,7 +64,14 @@ func (o *operatorService) rollback(ctx context.Context, req *connect.Request[cap
 		if err != nil {
 			return nil, err
 		}
-		return connect.NewResponse(&captainv1.RollbackResponse{Deployments: started, Plan: plan}), nil
+		// File changes go into the answer only, after the write: a manifest diff can be large
+		// and the Raft command must stay small.
+		res := &captainv1.RollbackResponse{Deployments: started}
+		for _, er := range plan {
+			res.Plan = append(res.Plan, proto.CloneOf(er))
+		}
+		res.FileChangesUnavailable = o.describe(ctx, rd, m.GetTarget().GetPipeline(), res.Plan)
+		return connect.NewResponse(res), nil
 	}
 }
 
@@ -121,4 +131,55 @@ func (o *operatorService) planRollback(rd *state.Reader, t *captainv1.RollbackTa
 		return nil, nil, fmt.Errorf("plan rollback: %w", err)
 	}
 	return plan, u, nil
+}
+
+// describe fills what the engine's plan leaves out: per environment the commits that go away
+// (from the release records) and the file changes from the running release to the target (from
+// the artifact manifests). It never fails the rollback: it returns why file changes are missing.
+func (o *operatorService) describe(ctx context.Context, rd *state.Reader, pipeline string, plan []*captainv1.EnvironmentRollback) string {
+	type pair struct{ from, to uint64 }
+	type found struct {
+		commits []*captainv1.Commit
+		files   []*captainv1.FileChange
+	}
+	done := map[pair]found{}
+	unavailable := ""
+	for _, er := range plan {
+		if er.GetFromRelease() == 0 || er.GetAlreadyThere() {
+			continue // nothing deployed there yet, or nothing changes
+		}
+		k := pair{er.GetFromRelease(), er.GetToRelease()}
+		f, ok := done[k]
+		if !ok {
+			var arts []*captainv1.ArtifactRef
+			for _, n := range []uint64{k.from, k.to} {
+				rel, err := rd.Release(pipeline, n)
+				if err != nil {
+					return fmt.Sprintf("release %d of pipeline %s: %v", n, pipeline, err)
+				}
+				arts = append(arts, rel.GetArtifact())
+			}
+			if k.to < k.from {
+				rels, err := rd.Releases(pipeline, k.from+1, int(k.from-k.to))
+				if err != nil {
+					return fmt.Sprintf("releases %d to %d of pipeline %s: %v", k.to, k.from, pipeline, err)
+				}
+				for _, rel := range rels {
+					if rel.GetNumber() > k.to {
+						f.commits = append(f.commits, rel.GetCommits()...)
+					}
+				}
+			}
+			if unavailable == "" {
+				var err error
+				if f.files, err = o.s.manifests.FileChanges(ctx, arts[0], arts[1]); err != nil {
+					o.s.logger.Debug("rollback plan without file changes", "pipeline", pipeline, "err", err)
+					unavailable = err.Error()
+				}
+			}
+			done[k] = f
+		}
+		er.CommitsRemoved, er.FileChanges = f.commits, f.files
+	}
+	return unavailable
 }

@@ -19,6 +19,13 @@ import (
 // as deployed and healthy, until the test ends.
 func playAgent(t *testing.T, c *clustertest.Cluster, joinToken string, labels map[string]string) string {
 	t.Helper()
+	return playAgentHolding(t, c, joinToken, labels, 0)
+}
+
+// playAgentHolding is playAgent with a hang: deployments of release hold are never reported,
+// so they stay in progress.
+func playAgentHolding(t *testing.T, c *clustertest.Cluster, joinToken string, labels map[string]string, hold uint64) string {
+	t.Helper()
 	n := c.Leader(5 * time.Second)
 	reg, err := c.Client(n, joinToken).Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "h", Labels: labels}))
 	if err != nil {
@@ -42,7 +49,7 @@ func playAgent(t *testing.T, c *clustertest.Cluster, joinToken string, labels ma
 			for stream.Receive() {
 				_, _ = host.Agent.Heartbeat(wctx, connect.NewRequest(&captainv1.HeartbeatRequest{HostId: id}))
 				for _, a := range stream.Msg().GetApps() {
-					if done[a.GetDeploymentId()] {
+					if done[a.GetDeploymentId()] || (hold != 0 && a.GetRelease() == hold) {
 						continue
 					}
 					seq++
@@ -141,6 +148,10 @@ stages:
 	}
 	if p := pre.Msg.GetPlan(); len(p) != 1 || p[0].GetFromRelease() != 2 || p[0].GetToRelease() != 1 || len(p[0].GetHosts()) != 2 {
 		t.Fatalf("preview = %v", p)
+	}
+	// This cluster has no artifact store: the preview still answers and says so.
+	if why := pre.Msg.GetFileChangesUnavailable(); !strings.Contains(why, "no artifact store configured") || !strings.Contains(why, "--s3-endpoint") {
+		t.Fatalf("file_changes_unavailable = %q, want the missing store and the flag that adds it", why)
 	}
 	req := &captainv1.RollbackRequest{Target: target, Reason: "5xx after release 2", RequestId: "rb-1"}
 	res, err := dana.Operator.Rollback(ctx(t), connect.NewRequest(req))

@@ -48,6 +48,9 @@ type Config struct {
 	// HeartbeatInterval is how often agents heartbeat (default 5s); HeartbeatTTL is how long a
 	// host may stay silent before it counts down (default 20s).
 	HeartbeatInterval, HeartbeatTTL time.Duration
+	// Artifacts lets release diffs and rollback previews show file changes from the artifact
+	// manifests; nil leaves them out and says why.
+	Artifacts *ArtifactStore
 }
 
 // Server implements the registered Connect services.
@@ -64,6 +67,7 @@ type Server struct {
 
 	heartbeatInterval time.Duration
 	heartbeatTTL      time.Duration
+	manifests         *manifestReader
 	// liveness holds the heartbeat tracker while this node leads (RunLiveness), else nil.
 	liveness atomic.Pointer[liveness.Tracker]
 }
@@ -74,6 +78,7 @@ func New(cfg Config) *Server {
 		node: cfg.Node, fsm: cfg.FSM, apiAddr: cfg.APIAddr, httpClient: cfg.HTTPClient,
 		scheme: "http", electionWait: cfg.ElectionWait, interceptors: cfg.Interceptors,
 		logger: cfg.Logger, now: cfg.Now, heartbeatInterval: cfg.HeartbeatInterval, heartbeatTTL: cfg.HeartbeatTTL,
+		manifests: newManifestReader(cfg.Artifacts),
 	}
 	if s.heartbeatInterval <= 0 {
 		s.heartbeatInterval = DefaultHeartbeatInterval

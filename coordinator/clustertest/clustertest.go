@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -243,7 +244,12 @@ func (c *Cluster) Restart(n *Node) {
 	if n.Running() {
 		c.t.Fatalf("restart %s: still running", n.ID)
 	}
-	c.start(n, c.config(n))
+	cfg := c.config(n)
+	// The same per-node settings as at first start (TLS, heartbeat timing, artifact store…).
+	if c.opts.Configure != nil {
+		c.opts.Configure(slices.Index(c.Nodes, n), &cfg)
+	}
+	c.start(n, cfg)
 }
 
 // StopAll kills every running node; registered as cleanup.

@@ -17,8 +17,11 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/captain-cd/captain/artifacts/manifest"
+	"github.com/captain-cd/captain/artifacts/store"
 	"github.com/captain-cd/captain/buildinfo"
 	"github.com/captain-cd/captain/coordinator/api"
 	"github.com/captain-cd/captain/coordinator/engine"
@@ -58,6 +61,13 @@ type Config struct {
 	// HeartbeatInterval and HeartbeatTTL tell agents how often to heartbeat and when a silent
 	// host counts down (defaults 5s and 20s).
 	HeartbeatInterval, HeartbeatTTL time.Duration
+
+	// S3Endpoint or S3Region, when set, let the API read artifact manifests to show file
+	// changes in release diffs and rollback previews; S3Credentials default to the standard
+	// chain. TrustedKeyFiles, when given, must sign a manifest before it is used.
+	S3Endpoint, S3Region string
+	S3Credentials        *credentials.Credentials
+	TrustedKeyFiles      []string
 
 	Logger *slog.Logger
 }
@@ -106,6 +116,10 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	artifacts, err := artifactStore(cfg)
+	if err != nil {
+		return nil, err
+	}
 	d := &Daemon{cfg: cfg, logger: logger, fsm: fsm.New(logger), metrics: newMetrics()}
 	d.client = peerClient(peerTLS)
 
@@ -138,7 +152,7 @@ func New(cfg Config) (*Daemon, error) {
 	d.metrics.registerNode(d.node)
 	d.api = api.New(api.Config{
 		Node: d.node, FSM: d.fsm, APIAddr: d.apiAddr, HTTPClient: d.client, TLS: serverTLS != nil,
-		ElectionWait: cfg.ElectionWait, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTTL: cfg.HeartbeatTTL, Interceptors: []connect.Interceptor{d.metrics.interceptor()}, Logger: logger,
+		ElectionWait: cfg.ElectionWait, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTTL: cfg.HeartbeatTTL, Artifacts: artifacts, Interceptors: []connect.Interceptor{d.metrics.interceptor()}, Logger: logger,
 	})
 	// Leader-only duties: heartbeat deadlines and the pipeline engine.
 	d.AddLeaderTask(d.api.RunLiveness)
@@ -431,4 +445,28 @@ func peerClient(peer *tls.Config) *http.Client {
 		protocols.SetUnencryptedHTTP2(true)
 	}
 	return &http.Client{Transport: t}
+}
+
+// artifactStore turns the S3 settings into the API's manifest source; nil when none is set.
+func artifactStore(cfg Config) (*api.ArtifactStore, error) {
+	if cfg.S3Endpoint == "" && cfg.S3Region == "" {
+		if len(cfg.TrustedKeyFiles) > 0 {
+			return nil, errors.New("--trusted-key is for reading artifact manifests: also give --s3-endpoint or --s3-region")
+		}
+		return nil, nil
+	}
+	a := &api.ArtifactStore{Endpoint: cfg.S3Endpoint, Region: cfg.S3Region, Credentials: cfg.S3Credentials}
+	// Clients are made per bucket when a release names one; a malformed endpoint fails here, at
+	// start, rather than in every preview. store.New does not contact the server.
+	if _, err := store.New(store.Config{Endpoint: a.Endpoint, Region: a.Region, Bucket: "any", Credentials: credentials.NewStaticV4("", "", "")}); err != nil {
+		return nil, fmt.Errorf("--s3-endpoint: %w", err)
+	}
+	if len(cfg.TrustedKeyFiles) > 0 {
+		keys, err := manifest.LoadTrustedKeys(cfg.TrustedKeyFiles...)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-key: %w", err)
+		}
+		a.TrustedKeys = keys
+	}
+	return a, nil
 }

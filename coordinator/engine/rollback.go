@@ -173,6 +173,11 @@ func (p Planner) PlanRollback(v View, ran RanTo, t *captainv1.RollbackTarget, no
 			func(h *captainv1.Host) bool { return hostApp(h, spec.GetName()).GetCurrentRelease() == to })
 		es := envState(s, env.GetName())
 		es.CurrentRelease, es.DeploymentId = to, d.GetId()
+		// The operator judged the release rolled back from as not good here: the next default
+		// target must not be it.
+		if to < es.GetLastGoodRelease() {
+			es.LastGoodRelease = to
+		}
 		pl.advanceDeployment(st, d)
 		pl.record("rollback.start", s, to, fmt.Sprintf("%s rolls environment %s back from release %d to %d", actor, env.GetName(), er.GetFromRelease(), to),
 			map[string]string{"from": strconv.FormatUint(er.GetFromRelease(), 10), "deployment": d.GetId()})

@@ -72,6 +72,9 @@ func TestOperatorRollbackToLastGood(t *testing.T) {
 	if s.runs("h-onebox") != r2 || s.runs("h-z2a") != r2 {
 		t.Fatal("other stages changed")
 	}
+	if lg := s.env("zone1", "zone1").GetLastGoodRelease(); lg != r1 {
+		t.Fatalf("zone1 last good = %d after rolling back to %d; the next default target must not be the release rolled back from", lg, r1)
+	}
 }
 
 func TestOperatorRollbackToAnOlderReleaseTheEnvironmentRan(t *testing.T) {
@@ -84,6 +87,9 @@ func TestOperatorRollbackToAnOlderReleaseTheEnvironmentRan(t *testing.T) {
 	}
 	if s.runs("h-z2a") != r1 {
 		t.Fatalf("zone2 runs %d, want %d", s.runs("h-z2a"), r1)
+	}
+	if lg := s.env("zone2", "zone2").GetLastGoodRelease(); lg != r1 {
+		t.Fatalf("zone2 last good = %d after rolling back to %d; the next default target must not be a release rolled back from", lg, r1)
 	}
 }
 

@@ -476,7 +476,7 @@ func TestRollbackPreviewListsTheCommitsThatGoAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	if err := printRollbackPlan(&b, "web", plan, statuscmd.Style{}); err != nil {
+	if err := printRollbackPlan(&b, "web", plan, "no artifact store configured", statuscmd.Style{}); err != nil {
 		t.Fatal(err)
 	}
 	want := `rollback preview, pipeline web:
@@ -501,6 +501,9 @@ stage zone, environment zone-b: #2 -> #1
   commits that go away: 2
     3333333  sessions in redis  (Bob <bob@example.com>)
     2222222  redis client  (Bob <bob@example.com>)
+  artifact file changes: unavailable (see below)
+
+artifact file changes unavailable: no artifact store configured
 `
 	if b.String() != want {
 		t.Fatalf("preview:\n%s\nwant:\n%s", b.String(), want)

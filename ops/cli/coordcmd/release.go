@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -24,9 +25,11 @@ func NewReleaseCommand(cfg *clientcfg.Config) *cobra.Command {
 		Use:   "release",
 		Short: "Create and read releases",
 		Example: `  captain release create --pipeline web --artifact-file push.json --commit $(git rev-parse HEAD)
-  captain release list --pipeline web`,
+  captain release list --pipeline web
+  captain release show web 42
+  captain release diff web 41 42`,
 	}
-	cmd.AddCommand(releaseCreate(cfg), releaseList(cfg), releaseShow(cfg))
+	cmd.AddCommand(releaseCreate(cfg), releaseList(cfg), releaseShow(cfg), releaseDiff(cfg))
 	return cmd
 }
 
@@ -220,14 +223,17 @@ func short(s string) string {
 
 func releaseShow(cfg *clientcfg.Config) *cobra.Command {
 	return &cobra.Command{
-		Use:     "show PIPELINE NUMBER",
-		Short:   "Show one release: artifact, commits and where it stands per stage",
-		Example: "  captain release show web 42",
+		Use:   "show PIPELINE NUMBER",
+		Short: "Show one release: artifact, commits, where it runs and its status per stage",
+		Long: `Show one release: its artifact, the commits new in it, the environments running it now,
+and per stage whether it is waiting in the inbox, in progress, approved, failed, marked bad,
+superseded in the inbox by a newer release, or has not reached the stage.`,
+		Example: "  captain release show web 42\n  captain release show web 42 -o json",
 		Args:    cobra.ExactArgs(2),
 		RunE: run(cfg, func(cmd *cobra.Command, args []string, c *clients) error {
-			n, err := strconv.ParseUint(args[1], 10, 64)
+			n, err := releaseNumber(args[1])
 			if err != nil {
-				return fmt.Errorf("release number %q: want a positive integer", args[1])
+				return err
 			}
 			res, err := c.release.GetRelease(cmd.Context(), connect.NewRequest(&captainv1.GetReleaseRequest{Pipeline: args[0], Number: n}))
 			if err != nil {
@@ -236,25 +242,134 @@ func releaseShow(cfg *clientcfg.Config) *cobra.Command {
 			if cfg.JSON() {
 				return clientcfg.PrintJSON(cmd.OutOrStdout(), res.Msg)
 			}
-			w := cmd.OutOrStdout()
-			r := res.Msg.GetRelease()
-			a := r.GetArtifact()
-			fmt.Fprintf(w, "release %s/%d, created by %s at %s (pipeline version %d)\n", r.GetPipeline(), r.GetNumber(),
-				r.GetCreatedBy(), ts(r.GetCreatedAt()), r.GetPipelineVersion())
-			fmt.Fprintf(w, "artifact s3://%s/%s (%d bytes)\n", a.GetBucket(), a.GetKey(), a.GetSize())
-			fmt.Fprintln(w, "commits:")
-			for _, cm := range r.GetCommits() {
-				fmt.Fprintf(w, "  %s %s\n", short(cm.GetSha()), cm.GetMessage())
-			}
-			rows := [][]string{}
-			for _, s := range res.Msg.GetStages() {
-				status := strings.ToLower(strings.TrimPrefix(s.GetStatus().String(), "RELEASE_STAGE_STATUS_"))
-				if s.GetStatus() == captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_UNSPECIFIED {
-					status = "not reached"
-				}
-				rows = append(rows, []string{s.GetStage(), status, ts(s.GetSince()), orDash(strings.Join(s.GetEnvironmentsRunning(), ","))})
-			}
-			return table(w, "STAGE\tSTATUS\tSINCE\tRUNNING IN", rows)
+			return printRelease(cmd.OutOrStdout(), res.Msg)
 		}),
 	}
+}
+
+func releaseNumber(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("release number %q: want a positive integer, as `captain release list` shows", s)
+	}
+	return n, nil
+}
+
+func printRelease(w io.Writer, res *captainv1.GetReleaseResponse) error {
+	var b strings.Builder
+	r := res.GetRelease()
+	a := r.GetArtifact()
+	fmt.Fprintf(&b, "release %s/%d, created by %s at %s (pipeline version %d)\n", r.GetPipeline(), r.GetNumber(),
+		r.GetCreatedBy(), ts(r.GetCreatedAt()), r.GetPipelineVersion())
+	fmt.Fprintf(&b, "artifact s3://%s/%s (%d bytes, sha256 %s)\n", a.GetBucket(), a.GetKey(), a.GetSize(), short(a.GetSha256()))
+	var running []string
+	for _, s := range res.GetStages() {
+		running = append(running, s.GetEnvironmentsRunning()...)
+	}
+	if len(running) == 0 {
+		b.WriteString("deployed in: no environment runs it now\n")
+	} else {
+		fmt.Fprintf(&b, "deployed in: %s\n", strings.Join(running, ", "))
+	}
+	fmt.Fprintf(&b, "commits: %d\n", len(r.GetCommits()))
+	for _, cm := range r.GetCommits() {
+		author := ""
+		if cm.GetAuthor() != "" {
+			author = "  (" + cm.GetAuthor() + ")"
+		}
+		fmt.Fprintf(&b, "  %s  %s%s\n", shortSHA(cm.GetSha()), cm.GetMessage(), author)
+	}
+	b.WriteByte('\n')
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	rows := [][]string{}
+	for _, s := range res.GetStages() {
+		rows = append(rows, []string{s.GetStage(), releaseStageStatus(s.GetStatus()), ts(s.GetSince()),
+			orDash(strings.Join(s.GetEnvironmentsRunning(), ",")), orDash(s.GetDetail())})
+	}
+	return table(w, "STAGE\tSTATUS\tSINCE\tRUNNING IN\tDETAIL", rows)
+}
+
+func releaseStageStatus(s captainv1.ReleaseStageStatus) string {
+	switch s {
+	case captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_UNSPECIFIED:
+		return "not reached"
+	case captainv1.ReleaseStageStatus_RELEASE_STAGE_STATUS_IN_PROGRESS:
+		return "in progress"
+	}
+	return strings.ToLower(strings.TrimPrefix(s.String(), "RELEASE_STAGE_STATUS_"))
+}
+
+func releaseDiff(cfg *clientcfg.Config) *cobra.Command {
+	return &cobra.Command{
+		Use:   "diff PIPELINE A B",
+		Short: "Show the commits and artifact file changes between two releases",
+		Long: `Show what differs between releases A and B of a pipeline: the commits in the newer one that
+the older lacks, and the artifact file changes from the older artifact to the newer one (from
+the manifests, which the coordinator reads from the artifact store when captaind runs with
+--s3-endpoint or --s3-region; otherwise the output says why they are missing).`,
+		Example: "  captain release diff web 41 42\n  captain release diff web 41 42 -o json",
+		Args:    cobra.ExactArgs(3),
+		RunE: run(cfg, func(cmd *cobra.Command, args []string, c *clients) error {
+			a, err := releaseNumber(args[1])
+			if err != nil {
+				return err
+			}
+			b, err := releaseNumber(args[2])
+			if err != nil {
+				return err
+			}
+			res, err := c.release.DiffReleases(cmd.Context(), connect.NewRequest(&captainv1.DiffReleasesRequest{Pipeline: args[0], From: a, To: b}))
+			if err != nil {
+				return err
+			}
+			if cfg.JSON() {
+				return clientcfg.PrintJSON(cmd.OutOrStdout(), res.Msg)
+			}
+			return printReleaseDiff(cmd.OutOrStdout(), args[0], min(a, b), max(a, b), res.Msg)
+		}),
+	}
+}
+
+func printReleaseDiff(w io.Writer, pipeline string, older, newer uint64, d *captainv1.DiffReleasesResponse) error {
+	if _, err := fmt.Fprintf(w, "release %s #%d -> #%d\n\ncommits: %d\n", pipeline, older, newer, len(d.GetCommits())); err != nil {
+		return err
+	}
+	if len(d.GetCommits()) > 0 {
+		rows := [][]string{}
+		for _, cm := range d.GetCommits() {
+			rows = append(rows, []string{shortSHA(cm.GetSha()), orDash(cm.GetAuthor()), cm.GetMessage()})
+		}
+		if err := table(w, "COMMIT\tAUTHOR\tMESSAGE", rows); err != nil {
+			return err
+		}
+	}
+	if why := d.GetFilesUnavailable(); why != "" {
+		_, err := fmt.Fprintf(w, "\nfile changes: unavailable: %s\n", why)
+		return err
+	}
+	if _, err := fmt.Fprintf(w, "\nfile changes: %d\n", len(d.GetFiles())); err != nil {
+		return err
+	}
+	if len(d.GetFiles()) == 0 {
+		return nil
+	}
+	rows := [][]string{}
+	for _, f := range d.GetFiles() {
+		kind := strings.ToLower(strings.TrimPrefix(f.GetKind().String(), "FILE_CHANGE_KIND_"))
+		size := ""
+		switch {
+		case f.GetDetail() == "directory" || f.GetDetail() == "symlink" || f.GetDetail() == "type":
+			size = "-"
+		case f.GetKind() == captainv1.FileChangeKind_FILE_CHANGE_KIND_ADDED:
+			size = strconv.FormatInt(f.GetToSize(), 10)
+		case f.GetKind() == captainv1.FileChangeKind_FILE_CHANGE_KIND_REMOVED:
+			size = strconv.FormatInt(f.GetFromSize(), 10)
+		default:
+			size = fmt.Sprintf("%d -> %d", f.GetFromSize(), f.GetToSize())
+		}
+		rows = append(rows, []string{kind, f.GetPath(), size, orDash(f.GetDetail())})
+	}
+	return table(w, "CHANGE\tPATH\tSIZE\tWHAT", rows)
 }

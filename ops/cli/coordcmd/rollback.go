@@ -58,7 +58,9 @@ to --to N; --force allows a release the environment never ran to approval.
 
 The preview comes first, always: per environment the release it runs and the one it returns to,
 the hosts redeployed, the deployment in progress it cancels, the approval steps a rollback skips,
-and the commits that go away. --preview stops there. Otherwise captain asks before it acts, or
+the commits that go away and the artifact files it restores, removes or changes (from the
+manifests, when captaind runs with --s3-endpoint or --s3-region; otherwise it says why they
+are missing). --preview stops there. Otherwise captain asks before it acts, or
 needs --yes when stdin is not a terminal (scripts, CI).
 
 Starting a rollback blocks promotions into and out of the affected stages; lift the block with
@@ -108,7 +110,7 @@ func rollback(cmd *cobra.Command, cfg *clientcfg.Config, c *clients, o *rollback
 		// Standard output is kept for the one JSON document of the result.
 		out = cmd.ErrOrStderr()
 	}
-	if err := printRollbackPlan(out, o.pipeline, plan, statuscmd.StyleFor(out)); err != nil {
+	if err := printRollbackPlan(out, o.pipeline, plan, pre.Msg.GetFileChangesUnavailable(), statuscmd.StyleFor(out)); err != nil {
 		return err
 	}
 	moving := 0
@@ -189,7 +191,9 @@ func commitsGoingAway(cmd *cobra.Command, c *clients, pipeline string, plan []*c
 // thousand hosts must not bury the question. The counts are always printed; -o json has all.
 const maxListed = 20
 
-func printRollbackPlan(w io.Writer, pipeline string, plan []*captainv1.EnvironmentRollback, style statuscmd.Style) error {
+// printRollbackPlan prints the preview; filesUnavailable is the server's reason for leaving
+// the artifact file changes out.
+func printRollbackPlan(w io.Writer, pipeline string, plan []*captainv1.EnvironmentRollback, filesUnavailable string, style statuscmd.Style) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rollback preview, pipeline %s:\n", pipeline)
 	if len(plan) == 0 {
@@ -227,7 +231,12 @@ func printRollbackPlan(w io.Writer, pipeline string, plan []*captainv1.Environme
 			}
 			fmt.Fprintf(&b, "    %s  %s%s\n", shortSHA(cm.GetSha()), cm.GetMessage(), author)
 		}
-		if fc := e.GetFileChanges(); len(fc) > 0 {
+		switch fc := e.GetFileChanges(); {
+		case len(fc) == 0 && filesUnavailable != "":
+			b.WriteString("  artifact file changes: unavailable (see below)\n")
+		case len(fc) == 0:
+			b.WriteString("  artifact file changes: none\n")
+		default:
 			fmt.Fprintf(&b, "  artifact file changes: %d\n", len(fc))
 			for i, f := range fc {
 				if i == maxListed {
@@ -237,6 +246,9 @@ func printRollbackPlan(w io.Writer, pipeline string, plan []*captainv1.Environme
 				fmt.Fprintf(&b, "    %-8s %s\n", fileChangeWord(f), f.GetPath())
 			}
 		}
+	}
+	if filesUnavailable != "" {
+		fmt.Fprintf(&b, "\nartifact file changes unavailable: %s\n", filesUnavailable)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

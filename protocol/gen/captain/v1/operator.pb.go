@@ -239,9 +239,11 @@ type RollbackResponse struct {
 	// One deployment per environment that was not already on its target.
 	Deployments []*Deployment `protobuf:"bytes,1,rep,name=deployments,proto3" json:"deployments,omitempty"`
 	// The preview the rollback acted on.
-	Plan          []*EnvironmentRollback `protobuf:"bytes,2,rep,name=plan,proto3" json:"plan,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Plan []*EnvironmentRollback `protobuf:"bytes,2,rep,name=plan,proto3" json:"plan,omitempty"`
+	// Why the plan has no file_changes (see PreviewRollbackResponse.file_changes_unavailable).
+	FileChangesUnavailable string `protobuf:"bytes,3,opt,name=file_changes_unavailable,json=fileChangesUnavailable,proto3" json:"file_changes_unavailable,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *RollbackResponse) Reset() {
@@ -286,6 +288,13 @@ func (x *RollbackResponse) GetPlan() []*EnvironmentRollback {
 		return x.Plan
 	}
 	return nil
+}
+
+func (x *RollbackResponse) GetFileChangesUnavailable() string {
+	if x != nil {
+		return x.FileChangesUnavailable
+	}
+	return ""
 }
 
 // PreviewRollbackRequest asks what a rollback would do.
@@ -465,9 +474,12 @@ func (x *EnvironmentRollback) GetCancelsDeploymentId() string {
 type PreviewRollbackResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One entry per environment, in pipeline order.
-	Plan          []*EnvironmentRollback `protobuf:"bytes,1,rep,name=plan,proto3" json:"plan,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Plan []*EnvironmentRollback `protobuf:"bytes,1,rep,name=plan,proto3" json:"plan,omitempty"`
+	// Why file_changes are left empty: the coordinator has no artifact store configured, cannot
+	// reach it, or a manifest is missing or fails its signature check. Empty when they are filled.
+	FileChangesUnavailable string `protobuf:"bytes,2,opt,name=file_changes_unavailable,json=fileChangesUnavailable,proto3" json:"file_changes_unavailable,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *PreviewRollbackResponse) Reset() {
@@ -505,6 +517,13 @@ func (x *PreviewRollbackResponse) GetPlan() []*EnvironmentRollback {
 		return x.Plan
 	}
 	return nil
+}
+
+func (x *PreviewRollbackResponse) GetFileChangesUnavailable() string {
+	if x != nil {
+		return x.FileChangesUnavailable
+	}
+	return ""
 }
 
 // SetPromotionsRequest sets or lifts a block.
@@ -773,10 +792,11 @@ const file_captain_v1_operator_proto_rawDesc = "" +
 	"\x06target\x18\x01 \x01(\v2\x1a.captain.v1.RollbackTargetR\x06target\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"\x81\x01\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\xbb\x01\n" +
 	"\x10RollbackResponse\x128\n" +
 	"\vdeployments\x18\x01 \x03(\v2\x16.captain.v1.DeploymentR\vdeployments\x123\n" +
-	"\x04plan\x18\x02 \x03(\v2\x1f.captain.v1.EnvironmentRollbackR\x04plan\"L\n" +
+	"\x04plan\x18\x02 \x03(\v2\x1f.captain.v1.EnvironmentRollbackR\x04plan\x128\n" +
+	"\x18file_changes_unavailable\x18\x03 \x01(\tR\x16fileChangesUnavailable\"L\n" +
 	"\x16PreviewRollbackRequest\x122\n" +
 	"\x06target\x18\x01 \x01(\v2\x1a.captain.v1.RollbackTargetR\x06target\"\x9b\x03\n" +
 	"\x13EnvironmentRollback\x12\x14\n" +
@@ -791,9 +811,10 @@ const file_captain_v1_operator_proto_rawDesc = "" +
 	"\rskipped_steps\x18\b \x03(\tR\fskippedSteps\x12#\n" +
 	"\ralready_there\x18\t \x01(\bR\falreadyThere\x122\n" +
 	"\x15cancels_deployment_id\x18\n" +
-	" \x01(\tR\x13cancelsDeploymentId\"N\n" +
+	" \x01(\tR\x13cancelsDeploymentId\"\x88\x01\n" +
 	"\x17PreviewRollbackResponse\x123\n" +
-	"\x04plan\x18\x01 \x03(\v2\x1f.captain.v1.EnvironmentRollbackR\x04plan\"\xb8\x01\n" +
+	"\x04plan\x18\x01 \x03(\v2\x1f.captain.v1.EnvironmentRollbackR\x04plan\x128\n" +
+	"\x18file_changes_unavailable\x18\x02 \x01(\tR\x16fileChangesUnavailable\"\xb8\x01\n" +
 	"\x14SetPromotionsRequest\x12\x1a\n" +
 	"\bpipeline\x18\x01 \x01(\tR\bpipeline\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\tR\x05stage\x12<\n" +

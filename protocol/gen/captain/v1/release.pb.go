@@ -816,7 +816,9 @@ type FileChange struct {
 	FromSize int64 `protobuf:"varint,3,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
 	// Size in the newer artifact.
 	ToSize int64 `protobuf:"varint,4,opt,name=to_size,json=toSize,proto3" json:"to_size,omitempty"`
-	// What changed for FILE_CHANGE_KIND_CHANGED: "content", "mode", "target" (comma-separated).
+	// What changed for FILE_CHANGE_KIND_CHANGED: "type", or "content", "mode", "target"
+	// (comma-separated); for an added or removed entry that is not a regular file: "directory"
+	// or "symlink".
 	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -892,10 +894,14 @@ type DiffReleasesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Commits in `to` but not in `from` (when to > from) or the reverse (when to < from), newest first.
 	Commits []*Commit `protobuf:"bytes,1,rep,name=commits,proto3" json:"commits,omitempty"`
-	// Artifact file changes from the manifests.
-	Files         []*FileChange `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Artifact file changes from the manifests, from the older release to the newer one.
+	Files []*FileChange `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	// Why files is empty although the artifacts may differ: the coordinator has no artifact
+	// store configured, cannot reach it, or a manifest is missing or fails its signature check.
+	// Empty when files is complete.
+	FilesUnavailable string `protobuf:"bytes,3,opt,name=files_unavailable,json=filesUnavailable,proto3" json:"files_unavailable,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DiffReleasesResponse) Reset() {
@@ -940,6 +946,13 @@ func (x *DiffReleasesResponse) GetFiles() []*FileChange {
 		return x.Files
 	}
 	return nil
+}
+
+func (x *DiffReleasesResponse) GetFilesUnavailable() string {
+	if x != nil {
+		return x.FilesUnavailable
+	}
+	return ""
 }
 
 var File_captain_v1_release_proto protoreflect.FileDescriptor
@@ -1006,10 +1019,11 @@ const file_captain_v1_release_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1a.captain.v1.FileChangeKindR\x04kind\x12\x1b\n" +
 	"\tfrom_size\x18\x03 \x01(\x03R\bfromSize\x12\x17\n" +
 	"\ato_size\x18\x04 \x01(\x03R\x06toSize\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"r\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x9f\x01\n" +
 	"\x14DiffReleasesResponse\x12,\n" +
 	"\acommits\x18\x01 \x03(\v2\x12.captain.v1.CommitR\acommits\x12,\n" +
-	"\x05files\x18\x02 \x03(\v2\x16.captain.v1.FileChangeR\x05files*\x89\x02\n" +
+	"\x05files\x18\x02 \x03(\v2\x16.captain.v1.FileChangeR\x05files\x12+\n" +
+	"\x11files_unavailable\x18\x03 \x01(\tR\x10filesUnavailable*\x89\x02\n" +
 	"\x12ReleaseStageStatus\x12$\n" +
 	" RELEASE_STAGE_STATUS_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cRELEASE_STAGE_STATUS_WAITING\x10\x01\x12$\n" +
