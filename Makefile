@@ -9,7 +9,7 @@ BINARIES := captaind=./coordinator/cmd/captaind captain-agent=./agent/cmd/captai
 # How long each fuzz target runs in `make fuzz` (part of `make test`).
 FUZZTIME ?= 10s
 
-.PHONY: help build generate check-generate lint test test-unit fuzz clean
+.PHONY: help build demo generate check-generate lint test test-unit fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ build: ## build bin/captaind, bin/captain-agent and bin/captain, stamped with th
 		echo "go build -o bin/$${b%%=*} $${b#*=}"; \
 		CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$${b%%=*} $${b#*=}; \
 	done
+
+demo: build ## run `bin/captain dev`: 3 coordinators, versitygw, 8 agents, three releases through a pipeline, until Ctrl-C
+	bin/captain dev $(DEMOFLAGS)
 
 generate: ## regenerate protocol/gen from the .proto sources (buf + protoc-gen-go + protoc-gen-connect-go via go tool)
 	rm -rf protocol/gen

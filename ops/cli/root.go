@@ -8,6 +8,7 @@ import (
 	"github.com/captain-cd/captain/ops/cli/artifactcmd"
 	"github.com/captain-cd/captain/ops/cli/clientcfg"
 	"github.com/captain-cd/captain/ops/cli/coordcmd"
+	"github.com/captain-cd/captain/ops/cli/devcmd"
 )
 
 // NewRootCommand returns the `captain` command with every subcommand attached.
@@ -41,5 +42,6 @@ Commands that only read files (pipeline validate, keygen) need neither.`,
 		root.AddCommand(c)
 	}
 	root.AddCommand(artifactcmd.NewArtifactCommand(cfg), artifactcmd.NewKeygenCommand())
+	root.AddCommand(devcmd.NewDevCommand(cfg))
 	return root
 }
