@@ -9,7 +9,7 @@ BINARIES := captaind=./coordinator/cmd/captaind captain-agent=./agent/cmd/captai
 # How long each fuzz target runs in `make fuzz` (part of `make test`).
 FUZZTIME ?= 10s
 
-.PHONY: help build demo generate check-generate lint test test-unit fuzz clean
+.PHONY: help build demo generate check-generate lint test test-unit fuzz bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ fuzz: ## run every fuzz target (func FuzzXxx in *_test.go) for FUZZTIME each
 	done
 
 test: lint check-generate test-unit fuzz ## everything CI runs: lint, check-generate, tests with -race, brief fuzzing
+
+bench: ## measure heartbeat scale, rollout overhead, write throughput and failover on 3-node clusters (BENCH_SCALE=0.1 for a quick run); writes integration/bench/results.json
+	CAPTAIN_BENCH=1 BENCH_SCALE=$${BENCH_SCALE:-1} go test -run '^TestBench$$' -v -count=1 -timeout 15m ./integration/bench
 
 clean: ## remove build output
 	rm -rf bin
