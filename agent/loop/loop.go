@@ -8,6 +8,8 @@ package loop
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -291,8 +293,11 @@ func (a *Agent) register(ctx context.Context, gen uint64) error {
 	if id.HostID != "" {
 		a.log.Warn("coordinator rejected the host credential; registering again with the join token", "host_id", id.HostID)
 	}
+	// One request ID for all attempts: an attempt that timed out after the coordinator
+	// registered the host is retried into the same host, never a second one.
+	reqID := newRequestID()
 	for attempt := 0; ; attempt++ {
-		err := a.registerOnce(ctx, id.HostID)
+		err := a.registerOnce(ctx, id.HostID, reqID)
 		if err == nil {
 			a.setConn("")
 			return nil
@@ -308,7 +313,13 @@ func (a *Agent) register(ctx context.Context, gen uint64) error {
 	}
 }
 
-func (a *Agent) registerOnce(ctx context.Context, hostID string) error {
+func newRequestID() string {
+	b := make([]byte, 12)
+	_, _ = crand.Read(b) // crypto/rand does not fail on Linux
+	return hex.EncodeToString(b)
+}
+
+func (a *Agent) registerOnce(ctx context.Context, hostID, requestID string) error {
 	b, err := os.ReadFile(a.cfg.JoinTokenFile)
 	if err != nil {
 		return fmt.Errorf("read join token: %w; put a token with role agent there (captain token create --role agent)", err)
@@ -324,7 +335,7 @@ func (a *Agent) registerOnce(ctx context.Context, hostID string) error {
 	rctx, cancel := context.WithTimeout(ctx, registerAttempt)
 	defer cancel()
 	res, err := a.client.Register(rctx, &captainv1.RegisterRequest{
-		Hostname: a.cfg.Hostname, Labels: a.cfg.Labels, AgentVersion: a.cfg.AgentVersion, HostId: hostID,
+		Hostname: a.cfg.Hostname, Labels: a.cfg.Labels, AgentVersion: a.cfg.AgentVersion, HostId: hostID, RequestId: requestID,
 	})
 	if err != nil {
 		return fmt.Errorf("register with the join token: %w", err)

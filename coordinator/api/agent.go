@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
@@ -124,7 +125,13 @@ func (a *agentService) register(ctx context.Context, req *connect.Request[captai
 	if id != "" && !hostIDRE.MatchString(id) {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("host_id %q: expected an ID a coordinator gave, like h-0123456789ab", id))
 	}
-	if id == "" {
+	switch {
+	case id == "" && m.GetRequestId() != "":
+		// A retried registration must land on the same host, not create a second one: derive
+		// the ID from the request ID. Naming an existing host is no new power: host_id does that.
+		sum := sha256.Sum256([]byte("register/" + m.GetRequestId()))
+		id = "h-" + hex.EncodeToString(sum[:6])
+	case id == "":
 		b := make([]byte, 6)
 		if _, err := rand.Read(b); err != nil {
 			return nil, err

@@ -156,3 +156,40 @@ stages:
 		return nil
 	})
 }
+
+func TestRetriedRegistrationLandsOnTheSameHost(t *testing.T) {
+	c := clustertest.New(t, 1)
+	n := c.Leader(5 * time.Second)
+	admin := c.Client(n, "")
+	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := c.Client(n, tok.Msg.GetSecret())
+	req := &captainv1.RegisterRequest{Hostname: "web-1", RequestId: "attempt-7f3a"}
+	first, err := agent.Agent.Register(ctx(t), connect.NewRequest(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent never saw the answer (a timeout) and retries the same request.
+	again, err := agent.Agent.Register(ctx(t), connect.NewRequest(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Msg.GetHostId() != first.Msg.GetHostId() {
+		t.Fatalf("retry registered %s, first %s: want the same host", again.Msg.GetHostId(), first.Msg.GetHostId())
+	}
+	other, err := agent.Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "web-2", RequestId: "attempt-9c01"}))
+	if err != nil || other.Msg.GetHostId() == first.Msg.GetHostId() {
+		t.Fatalf("another request ID gave %v, %v; want a new host", other, err)
+	}
+	hosts, err := admin.Host.ListHosts(ctx(t), connect.NewRequest(&captainv1.ListHostsRequest{}))
+	if err != nil || len(hosts.Msg.GetHosts()) != 2 {
+		t.Fatalf("hosts = %v, %v; want exactly 2", hosts, err)
+	}
+	// Only the newest secret works: the retry replaced the one the agent never received.
+	if _, err := hostClients(c, n, first.Msg.GetHostId(), again.Msg.GetHostSecret()).Agent.Heartbeat(ctx(t),
+		connect.NewRequest(&captainv1.HeartbeatRequest{HostId: first.Msg.GetHostId()})); err != nil {
+		t.Fatalf("heartbeat with the retry's secret: %v", err)
+	}
+}

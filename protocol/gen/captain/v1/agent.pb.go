@@ -33,7 +33,10 @@ type RegisterRequest struct {
 	// captain-agent version.
 	AgentVersion string `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// ID of a previous registration to reuse (a reinstalled agent keeps its identity).
-	HostId        string `protobuf:"bytes,4,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	HostId string `protobuf:"bytes,4,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// Client-chosen ID of this registration; a retry with the same ID (after a timeout, say)
+	// registers the same host again instead of creating a second one.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -92,6 +95,13 @@ func (x *RegisterRequest) GetAgentVersion() string {
 func (x *RegisterRequest) GetHostId() string {
 	if x != nil {
 		return x.HostId
+	}
+	return ""
+}
+
+func (x *RegisterRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -868,12 +878,14 @@ var File_captain_v1_agent_proto protoreflect.FileDescriptor
 const file_captain_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16captain/v1/agent.proto\x12\n" +
-	"captain.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17captain/v1/common.proto\x1a\x1bcaptain/v1/deployment.proto\x1a\x15captain/v1/host.proto\x1a\x19captain/v1/pipeline.proto\"\xe7\x01\n" +
+	"captain.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17captain/v1/common.proto\x1a\x1bcaptain/v1/deployment.proto\x1a\x15captain/v1/host.proto\x1a\x19captain/v1/pipeline.proto\"\x86\x02\n" +
 	"\x0fRegisterRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12?\n" +
 	"\x06labels\x18\x02 \x03(\v2'.captain.v1.RegisterRequest.LabelsEntryR\x06labels\x12#\n" +
 	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x12\x17\n" +
-	"\ahost_id\x18\x04 \x01(\tR\x06hostId\x1a9\n" +
+	"\ahost_id\x18\x04 \x01(\tR\x06hostId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd6\x01\n" +
