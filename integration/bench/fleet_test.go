@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -137,7 +138,7 @@ func registerFleet(ctx context.Context, c *benchCluster, n int, labels func(i in
 				cl, err := agentclient.New(c.Addrs(), agentclient.Credentials{JoinToken: c.AdminToken}, agentclient.Options{HTTPClient: pool[i%len(pool)]})
 				if err == nil {
 					var res *captainv1.RegisterResponse
-					res, err = cl.Register(ctx, &captainv1.RegisterRequest{Hostname: fmt.Sprintf("sim-%05d", i), Labels: labels(i), AgentVersion: "bench"})
+					res, err = cl.Register(ctx, &captainv1.RegisterRequest{Hostname: fmt.Sprintf("sim-%05d", i), Labels: labels(i), AgentVersion: "bench", RequestId: fmt.Sprintf("bench-%d-%05d", os.Getpid(), i)})
 					if err == nil {
 						cl.SetCredentials(agentclient.Credentials{HostID: res.GetHostId(), HostSecret: res.GetHostSecret()})
 						agents[i] = &simAgent{id: res.GetHostId(), client: cl}

@@ -129,8 +129,8 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	}
 	notes := []string{}
 	if extra := len(hosts) - n; extra != 0 {
-		// agentclient retries a Register that timed out, and Register has no request ID: the
-		// retry creates a second host when the first attempt was committed after all.
+		// Registrations carry request IDs, so a retried one cannot add a host; a surplus
+		// here means hosts left over from something else, and is worth a look.
 		notes = append(notes, fmt.Sprintf("the cluster lists %d hosts for %d registrations", len(hosts), n))
 	}
 	slices.Sort(latencies)
