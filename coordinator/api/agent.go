@@ -214,9 +214,7 @@ const maxReportEvents = 64
 func (a *agentService) report(ctx context.Context, req *connect.Request[captainv1.ReportRequest]) (*connect.Response[captainv1.ReportResponse], error) {
 	id := req.Msg.GetHostId()
 	if len(req.Msg.GetEvents()) > 0 {
-		cmd := a.s.command(ctx, "", "")
-		cmd.Body = &raftv1.Command_HostReports{HostReports: &raftv1.HostReports{Reports: []*raftv1.HostReport{{HostId: id, Events: req.Msg.GetEvents()}}}}
-		if _, err := a.s.apply(ctx, cmd); err != nil {
+		if err := a.s.reports.submit(ctx, &raftv1.HostReport{HostId: id, Events: req.Msg.GetEvents()}); err != nil {
 			return nil, err
 		}
 	}

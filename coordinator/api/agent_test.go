@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,4 +193,52 @@ func TestRetriedRegistrationLandsOnTheSameHost(t *testing.T) {
 		connect.NewRequest(&captainv1.HeartbeatRequest{HostId: first.Msg.GetHostId()})); err != nil {
 		t.Fatalf("heartbeat with the retry's secret: %v", err)
 	}
+}
+
+func TestConcurrentReportsShareRaftEntries(t *testing.T) {
+	c := clustertest.New(t, 1)
+	n := c.Leader(5 * time.Second)
+	admin := c.Client(n, "")
+	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hosts = 40
+	type cred struct{ id, secret string }
+	creds := make([]cred, hosts)
+	for i := range creds {
+		reg, err := c.Client(n, tok.Msg.GetSecret()).Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: fmt.Sprint("h", i)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds[i] = cred{reg.Msg.GetHostId(), reg.Msg.GetHostSecret()}
+	}
+	before := n.State().Index()
+	var wg sync.WaitGroup
+	acked := make([]uint64, hosts)
+	errs := make([]error, hosts)
+	for i, cr := range creds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := hostClients(c, n, cr.id, cr.secret).Agent.Report(ctx(t), connect.NewRequest(&captainv1.ReportRequest{HostId: cr.id, Events: []*captainv1.HostEvent{
+				{Seq: 1, Pipeline: "web", Message: "one"}, {Seq: 2, Pipeline: "web", Message: "two"},
+			}}))
+			if err == nil {
+				acked[i] = res.Msg.GetAckedSeq()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i := range creds {
+		if errs[i] != nil || acked[i] != 2 {
+			t.Fatalf("host %d: acked %d, err %v; want 2", i, acked[i], errs[i])
+		}
+	}
+	entries := n.State().Index() - before
+	if entries >= hosts/2 {
+		t.Fatalf("%d concurrent reports took %d Raft entries; want them batched into far fewer", hosts, entries)
+	}
+	t.Logf("%d concurrent reports in %d Raft entries", hosts, entries)
 }

@@ -70,6 +70,8 @@ type Server struct {
 	manifests         *manifestReader
 	// liveness holds the heartbeat tracker while this node leads (RunLiveness), else nil.
 	liveness atomic.Pointer[liveness.Tracker]
+	// reports batches host reports into shared Raft commands.
+	reports *reportBatcher
 }
 
 // New returns a Server.
@@ -80,6 +82,7 @@ func New(cfg Config) *Server {
 		logger: cfg.Logger, now: cfg.Now, heartbeatInterval: cfg.HeartbeatInterval, heartbeatTTL: cfg.HeartbeatTTL,
 		manifests: newManifestReader(cfg.Artifacts),
 	}
+	s.reports = &reportBatcher{s: s}
 	if s.heartbeatInterval <= 0 {
 		s.heartbeatInterval = DefaultHeartbeatInterval
 	}
