@@ -37,6 +37,9 @@ type Config struct {
 	RootDir string `json:"root_dir,omitempty"`
 	// TrustedKeys are public key files; an artifact is unpacked only if one of them signed it.
 	TrustedKeys []string `json:"trusted_keys,omitempty"`
+	// CACert is a PEM file of the CAs that sign https coordinators' certificates, when they are
+	// not in the system trust store (captaind --tls-cert from a private CA).
+	CACert string `json:"ca_cert,omitempty"`
 	// S3 says where artifact buckets are; credentials come from minio-go's standard chain.
 	S3 S3 `json:"s3,omitzero"`
 	// Hostname is reported to the coordinators (default: the kernel's hostname).
@@ -182,6 +185,9 @@ func (c *Config) Validate() error {
 		if !filepath.IsAbs(k) {
 			errs = append(errs, fmt.Errorf("trusted_keys[%d]: %q must be an absolute path", i, k))
 		}
+	}
+	if c.CACert != "" && !filepath.IsAbs(c.CACert) {
+		errs = append(errs, fmt.Errorf("ca_cert: %q must be an absolute path", c.CACert))
 	}
 	if e := c.S3.Endpoint; e != "" && strings.Contains(e, "://") {
 		if p, err := url.Parse(e); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {

@@ -47,6 +47,7 @@ hostname: web-1
 			}
 		}},
 		{name: "relative root dir", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nroot_dir: agents/1\n", wantErr: []string{`root_dir: "agents/1"`}},
+		{name: "relative ca cert", yaml: "coordinators: [https://c:1]\njoin_token_file: /t\nca_cert: ca.pem\n", wantErr: []string{`ca_cert: "ca.pem" must be an absolute path`}},
 		{name: "root dir slash", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nroot_dir: /\n", wantErr: []string{`root_dir: "/"`}},
 		{name: "bad log level", yaml: "coordinators: [http://c:1]\njoin_token_file: /t\nlog_level: loud\n", wantErr: []string{`log_level: "loud"`}},
 		{name: "every problem at once", yaml: "labels: {'': x}\n", wantErr: []string{"coordinators:", "join_token_file:", "labels: key"}},

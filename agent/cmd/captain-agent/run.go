@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -90,8 +93,20 @@ func runAgent(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	h2 := new(http.Protocols)
 	h2.SetHTTP2(true)
 	h2.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: h2}
+	if cfg.CACert != "" {
+		pem, err := os.ReadFile(cfg.CACert)
+		if err != nil {
+			return fmt.Errorf("ca_cert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("ca_cert %s: no PEM certificate in it", cfg.CACert)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	client, err := agentclient.New(cfg.Coordinators, agentclient.Credentials{}, agentclient.Options{
-		HTTPClient: &http.Client{Transport: &http.Transport{Protocols: h2}},
+		HTTPClient: &http.Client{Transport: tr},
 	})
 	if err != nil {
 		return err
