@@ -12,7 +12,6 @@ import (
 
 	"github.com/captain-cd/captain/coordinator/clustertest"
 	"github.com/captain-cd/captain/coordinator/daemon"
-	"github.com/captain-cd/captain/pipelinespec"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -28,26 +27,17 @@ func TestAgentLifecycleThroughFollowers(t *testing.T) {
 	leader := c.Leader(5 * time.Second)
 	follower := c.Followers()[0]
 	admin := c.Client(leader, "")
-	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+	joinToken := newToken(t, admin, "fleet", captainv1.Role_ROLE_AGENT, 0)
+	applyPipeline(t, admin, `
 name: web
 deploy: {app_root: /srv/web}
 stages:
   - name: onebox
     environments: [{name: onebox, selector: {role: onebox}}]
-`))
-	if err != nil || len(vs) > 0 {
-		t.Fatal(err, vs)
-	}
-	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
-		t.Fatal(err)
-	}
+`)
 
 	// Register through a follower: forwarded to the leader.
-	agent := c.Client(follower, tok.Msg.GetSecret())
+	agent := c.Client(follower, joinToken)
 	reg, err := agent.Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "web-1", Labels: map[string]string{"role": "onebox"}, AgentVersion: "test"}))
 	if err != nil {
 		t.Fatal(err)
@@ -162,11 +152,8 @@ func TestRetriedRegistrationLandsOnTheSameHost(t *testing.T) {
 	c := clustertest.New(t, 1)
 	n := c.Leader(5 * time.Second)
 	admin := c.Client(n, "")
-	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := c.Client(n, tok.Msg.GetSecret())
+	joinToken := newToken(t, admin, "fleet", captainv1.Role_ROLE_AGENT, 0)
+	agent := c.Client(n, joinToken)
 	req := &captainv1.RegisterRequest{Hostname: "web-1", RequestId: "attempt-7f3a"}
 	first, err := agent.Agent.Register(ctx(t), connect.NewRequest(req))
 	if err != nil {
@@ -199,15 +186,12 @@ func TestConcurrentReportsShareRaftEntries(t *testing.T) {
 	c := clustertest.New(t, 1)
 	n := c.Leader(5 * time.Second)
 	admin := c.Client(n, "")
-	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	joinToken := newToken(t, admin, "fleet", captainv1.Role_ROLE_AGENT, 0)
 	const hosts = 40
 	type cred struct{ id, secret string }
 	creds := make([]cred, hosts)
 	for i := range creds {
-		reg, err := c.Client(n, tok.Msg.GetSecret()).Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: fmt.Sprint("h", i)}))
+		reg, err := c.Client(n, joinToken).Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: fmt.Sprint("h", i)}))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,13 +16,7 @@ func TestAlertmanagerWebhookSetsAlarms(t *testing.T) {
 	c := clustertest.New(t, 3)
 	leader := c.Leader(5 * time.Second)
 	admin := c.Client(leader, "")
-	mk := func(name string, role captainv1.Role) string {
-		tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: name, Role: role}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Msg.GetSecret()
-	}
+	mk := func(name string, role captainv1.Role) string { return newToken(t, admin, name, role, 0) }
 	deployer, viewer := mk("alertmanager", captainv1.Role_ROLE_DEPLOYER), mk("vera", captainv1.Role_ROLE_VIEWER)
 	follower := c.Followers()[0]
 	post := func(token, body string) int {

@@ -8,7 +8,6 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/captain-cd/captain/coordinator/clustertest"
-	"github.com/captain-cd/captain/pipelinespec"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -16,7 +15,7 @@ func TestHostMatchingTwoEnvironmentsIsFlagged(t *testing.T) {
 	c := clustertest.New(t, 1)
 	n := c.Leader(5 * time.Second)
 	admin := c.Client(n, "")
-	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+	applyPipeline(t, admin, `
 name: web
 deploy: {app_root: /srv/web}
 stages:
@@ -24,18 +23,9 @@ stages:
     environments: [{name: east, selector: {region: east}}]
   - name: two
     environments: [{name: frontends, selector: {tier: web}}]
-`))
-	if err != nil || len(vs) > 0 {
-		t.Fatal(err, vs)
-	}
-	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := c.Client(n, tok.Msg.GetSecret())
+`)
+	joinToken := newToken(t, admin, "fleet", captainv1.Role_ROLE_AGENT, 0)
+	agent := c.Client(n, joinToken)
 	both, err := agent.Agent.Register(ctx(t), connect.NewRequest(&captainv1.RegisterRequest{Hostname: "both", Labels: map[string]string{"region": "east", "tier": "web"}}))
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,13 @@ package api_test
 import (
 	"io"
 	"net/http"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	"github.com/captain-cd/captain/coordinator/clustertest"
+	"github.com/captain-cd/captain/pipelinespec"
+	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
 func readAll(res *http.Response, buf []byte) (int, error) {
@@ -11,4 +18,16 @@ func readAll(res *http.Response, buf []byte) (int, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// applyPipeline parses a pipeline.yaml and applies it through the API.
+func applyPipeline(t *testing.T, admin *clustertest.Clients, yaml string) {
+	t.Helper()
+	spec, vs, err := pipelinespec.ParseYAML([]byte(yaml))
+	if err != nil || len(vs) > 0 {
+		t.Fatal(err, vs)
+	}
+	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/captain-cd/captain/artifacts/s3test"
 	"github.com/captain-cd/captain/coordinator/clustertest"
 	"github.com/captain-cd/captain/coordinator/daemon"
-	"github.com/captain-cd/captain/pipelinespec"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -81,27 +80,18 @@ func TestRollbackPreviewShowsWhatGoesAway(t *testing.T) {
 		cfg.TrustedKeyFiles = []string{keyFile + ".pub"}
 	}})
 	admin := c.Client(c.Leader(5*time.Second), "")
-	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+	joinToken := newToken(t, admin, "fleet", captainv1.Role_ROLE_AGENT, 0)
+	applyPipeline(t, admin, `
 name: web
 deploy: {app_root: /srv/web}
 stages:
   - name: zone1
     environments: [{name: zone1, selector: {az: z1}}]
-`))
-	if err != nil || len(vs) > 0 {
-		t.Fatal(err, vs)
-	}
-	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
-		t.Fatal(err)
-	}
+`)
 	// Release 4 never finishes: the hosts do not report it.
 	hosts := []string{
-		playAgentHolding(t, c, tok.Msg.GetSecret(), map[string]string{"az": "z1"}, 4),
-		playAgentHolding(t, c, tok.Msg.GetSecret(), map[string]string{"az": "z1"}, 4),
+		playAgentHolding(t, c, joinToken, map[string]string{"az": "z1"}, 4),
+		playAgentHolding(t, c, joinToken, map[string]string{"az": "z1"}, 4),
 	}
 	slices.Sort(hosts)
 

@@ -16,7 +16,6 @@ import (
 
 	"github.com/captain-cd/captain/coordinator/clustertest"
 	"github.com/captain-cd/captain/ops/cli/clientcfg"
-	"github.com/captain-cd/captain/pipelinespec"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -26,24 +25,15 @@ import (
 func TestGenericClientRollsBackThroughReflection(t *testing.T) {
 	c := clustertest.New(t, 1)
 	admin := c.Client(c.Nodes[0], "")
-	tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: "fleet", Role: captainv1.Role_ROLE_AGENT}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+	joinToken := newToken(t, admin, "fleet", captainv1.Role_ROLE_AGENT, 0)
+	applyPipeline(t, admin, `
 name: web
 deploy: {app_root: /srv/web}
 stages:
   - name: zone1
     environments: [{name: zone1, selector: {az: z1}}]
-`))
-	if err != nil || len(vs) > 0 {
-		t.Fatal(err, vs)
-	}
-	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
-		t.Fatal(err)
-	}
-	playAgent(t, c, tok.Msg.GetSecret(), map[string]string{"az": "z1"})
+`)
+	playAgent(t, c, joinToken, map[string]string{"az": "z1"})
 	for n := 1; n <= 2; n++ {
 		sha := strings.Repeat(fmt.Sprint(n), 64)
 		if _, err := admin.Release.CreateRelease(ctx(t), connect.NewRequest(&captainv1.CreateReleaseRequest{

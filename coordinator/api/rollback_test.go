@@ -11,7 +11,6 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/captain-cd/captain/coordinator/clustertest"
-	"github.com/captain-cd/captain/pipelinespec"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 )
 
@@ -72,27 +71,15 @@ func TestRollbackOverTheAPI(t *testing.T) {
 	c := clustertest.New(t, 3)
 	leader := c.Leader(5 * time.Second)
 	admin := c.Client(leader, "")
-	mk := func(name string, role captainv1.Role) string {
-		tok, err := admin.Token.CreateToken(ctx(t), connect.NewRequest(&captainv1.CreateTokenRequest{Name: name, Role: role}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Msg.GetSecret()
-	}
+	mk := func(name string, role captainv1.Role) string { return newToken(t, admin, name, role, 0) }
 	join, viewerTok, deployerTok := mk("fleet", captainv1.Role_ROLE_AGENT), mk("vera", captainv1.Role_ROLE_VIEWER), mk("dana", captainv1.Role_ROLE_DEPLOYER)
-	spec, vs, err := pipelinespec.ParseYAML([]byte(`
+	applyPipeline(t, admin, `
 name: web
 deploy: {app_root: /srv/web}
 stages:
   - name: zone1
     environments: [{name: zone1, selector: {az: z1}}]
-`))
-	if err != nil || len(vs) > 0 {
-		t.Fatal(err, vs)
-	}
-	if _, err := admin.Pipeline.ApplyPipeline(ctx(t), connect.NewRequest(&captainv1.ApplyPipelineRequest{Spec: spec})); err != nil {
-		t.Fatal(err)
-	}
+`)
 	for i := 0; i < 2; i++ {
 		playAgent(t, c, join, map[string]string{"az": "z1"})
 	}
