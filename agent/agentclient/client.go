@@ -38,12 +38,15 @@ func (c Credentials) Bearer() string {
 
 // Client talks to the coordinators.
 type Client struct {
-	addrs  []string
-	http   *http.Client
-	minBO  time.Duration
-	maxBO  time.Duration
-	mu     sync.Mutex
-	cur    int
+	addrs []string
+	http  *http.Client
+	minBO time.Duration
+	maxBO time.Duration
+	mu    sync.Mutex
+	cur   int
+	// leader is the coordinator a follower named as leader (see api.LeaderHeader), where
+	// calls that only the leader serves go first; "" until named, and after it failed.
+	leader string
 	creds  Credentials
 	client map[string]captainv1connect.AgentServiceClient
 }
@@ -89,10 +92,13 @@ func (c *Client) SetCredentials(creds Credentials) {
 // pick returns the current coordinator and the bearer token to send: the join token for a
 // registration (so a re-registration needs no switch of credentials that other calls in
 // flight would see), the host credential for everything else.
-func (c *Client) pick(register bool) (string, captainv1connect.AgentServiceClient, string) {
+func (c *Client) pick(register, toLeader bool) (string, captainv1connect.AgentServiceClient, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	addr := c.addrs[c.cur%len(c.addrs)]
+	if toLeader && c.leader != "" {
+		addr = c.leader
+	}
 	cl := c.client[addr]
 	if cl == nil {
 		cl = captainv1connect.NewAgentServiceClient(c.http, strings.TrimRight(addr, "/"))
@@ -108,8 +114,31 @@ func (c *Client) pick(register bool) (string, captainv1connect.AgentServiceClien
 func (c *Client) next(failed string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.leader == failed {
+		c.leader = ""
+	}
 	if c.addrs[c.cur%len(c.addrs)] == failed {
 		c.cur++
+	}
+}
+
+// leaderHeader is api.LeaderHeader (the agent does not import the coordinator).
+const leaderHeader = "Captain-Leader"
+
+// noteLeader remembers the leader a follower named, when it is one of the configured
+// coordinators: the agent sends its credential only to addresses its config names.
+func (c *Client) noteLeader(named string) {
+	if named == "" {
+		return
+	}
+	named = strings.TrimRight(named, "/")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range c.addrs {
+		if strings.TrimRight(a, "/") == named {
+			c.leader = a
+			return
+		}
 	}
 }
 
@@ -136,13 +165,15 @@ func retryable(err error) bool {
 func unary[Req, Res any](ctx context.Context, c *Client, register bool, call func(captainv1connect.AgentServiceClient) func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error), msg *Req) (*Res, error) {
 	var last error
 	for attempt := 0; ; attempt++ {
-		addr, cl, bearer := c.pick(register)
+		// Every unary agent call is served by the leader; followers forward it.
+		addr, cl, bearer := c.pick(register, true)
 		req := connect.NewRequest(msg)
 		if bearer != "" {
 			req.Header().Set("Authorization", "Bearer "+bearer)
 		}
 		res, err := call(cl)(ctx, req)
 		if err == nil {
+			c.noteLeader(res.Header().Get(leaderHeader))
 			return res.Msg, nil
 		}
 		if ctx.Err() != nil {
@@ -191,7 +222,8 @@ func (c *Client) Report(ctx context.Context, req *captainv1.ReportRequest) (*cap
 func (c *Client) Watch(ctx context.Context, hostID string, after uint64, fn func(*captainv1.WatchResponse) error) error {
 	failures := 0
 	for {
-		addr, cl, bearer := c.pick(false)
+		// Watches stay spread over the cluster: any node serves them from its own state.
+		addr, cl, bearer := c.pick(false, false)
 		req := connect.NewRequest(&captainv1.WatchRequest{HostId: hostID, AfterIndex: after})
 		if bearer != "" {
 			req.Header().Set("Authorization", "Bearer "+bearer)

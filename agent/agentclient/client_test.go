@@ -24,6 +24,10 @@ type coordinator struct {
 	states  []*captainv1.WatchResponse
 	breakAt int // close the Watch stream after sending this many states (0: never)
 	watches []uint64
+	// leader, when set, is named in the Captain-Leader header of heartbeat answers, as a
+	// follower that forwarded the call does.
+	leader string
+	beats  int
 }
 
 func (c *coordinator) Register(_ context.Context, req *connect.Request[captainv1.RegisterRequest]) (*connect.Response[captainv1.RegisterResponse], error) {
@@ -39,8 +43,20 @@ func (c *coordinator) Register(_ context.Context, req *connect.Request[captainv1
 func (c *coordinator) Heartbeat(_ context.Context, req *connect.Request[captainv1.HeartbeatRequest]) (*connect.Response[captainv1.HeartbeatResponse], error) {
 	c.mu.Lock()
 	c.auth = append(c.auth, req.Header().Get("Authorization"))
+	c.beats++
+	leader := c.leader
 	c.mu.Unlock()
-	return connect.NewResponse(&captainv1.HeartbeatResponse{DesiredIndex: 7}), nil
+	res := connect.NewResponse(&captainv1.HeartbeatResponse{DesiredIndex: 7})
+	if leader != "" {
+		res.Header().Set(leaderHeader, leader)
+	}
+	return res, nil
+}
+
+func (c *coordinator) heartbeats() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.beats
 }
 
 func (c *coordinator) Watch(ctx context.Context, req *connect.Request[captainv1.WatchRequest], s *connect.ServerStream[captainv1.WatchResponse]) error {
@@ -200,5 +216,59 @@ func TestBackoffStaysWithinBounds(t *testing.T) {
 		if d := c.Backoff(n); d < 50*time.Millisecond || d > 1050*time.Millisecond {
 			t.Fatalf("Backoff(%d) = %s out of [50ms, 1.05s]", n, d)
 		}
+	}
+}
+
+func TestHeartbeatsGoToTheLeaderAFollowerNames(t *testing.T) {
+	tests := []struct {
+		name string
+		// named returns what the follower puts in its leader header, given the leader's URL.
+		named        func(leaderURL string) string
+		wantLeader   int // heartbeats the leader receives of the 5 after the first
+		killLeader   bool
+		wantFollower int
+	}{
+		{name: "configured leader", named: func(u string) string { return u + "/" }, wantLeader: 5},
+		{name: "address not in the config is ignored", named: func(string) string { return "http://203.0.113.9:7400" }, wantFollower: 5},
+		{name: "a dead leader is dropped", named: func(u string) string { return u }, killLeader: true, wantFollower: 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leader := &coordinator{}
+			leaderURL := serve(t, leader)
+			follower := &coordinator{leader: tt.named(leaderURL)}
+			followerURL := serve(t, follower)
+			c, err := New([]string{followerURL, leaderURL}, Credentials{HostID: "h1", HostSecret: "s1"}, Options{HTTPClient: h2c(), MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.cur = 0
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := c.Heartbeat(ctx, &captainv1.HeartbeatRequest{HostId: "h1"}); err != nil {
+				t.Fatal(err)
+			}
+			if tt.killLeader {
+				c.mu.Lock()
+				c.leader = deadAddr(t) // the leader died; pretend it was configured
+				c.addrs[1] = c.leader
+				c.mu.Unlock()
+			}
+			for range 5 {
+				if _, err := c.Heartbeat(ctx, &captainv1.HeartbeatRequest{HostId: "h1"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := leader.heartbeats(); got != tt.wantLeader {
+				t.Errorf("leader got %d heartbeats after the first, want %d", got, tt.wantLeader)
+			}
+			if got := follower.heartbeats() - 1; got != tt.wantFollower {
+				t.Errorf("follower got %d heartbeats after the first, want %d", got, tt.wantFollower)
+			}
+			// Watches stay where the agent is, not on the leader.
+			if addr, _, _ := c.pick(false, false); addr != followerURL {
+				t.Errorf("watch goes to %s, want the follower %s", addr, followerURL)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/captain-cd/captain/coordinator/api"
 	"github.com/captain-cd/captain/coordinator/clustertest"
 	"github.com/captain-cd/captain/coordinator/daemon"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
@@ -59,8 +60,13 @@ stages:
 		_, err := host.Agent.Heartbeat(ctx(t), connect.NewRequest(&captainv1.HeartbeatRequest{HostId: id}))
 		return err
 	}
-	if err := beat(); err != nil {
+	hb, err := host.Agent.Heartbeat(ctx(t), connect.NewRequest(&captainv1.HeartbeatRequest{HostId: id}))
+	if err != nil {
 		t.Fatalf("heartbeat through a follower: %v", err)
+	}
+	// The follower names the leader, so the agent can send its next heartbeats there.
+	if got, want := hb.Header().Get(api.LeaderHeader), "http://"+leader.APIAddr; got != want {
+		t.Errorf("%s header on a forwarded heartbeat = %q, want %q", api.LeaderHeader, got, want)
 	}
 	rel, err := admin.Release.CreateRelease(ctx(t), connect.NewRequest(&captainv1.CreateReleaseRequest{
 		Pipeline: "web", HeadCommit: strings.Repeat("a", 40),

@@ -53,6 +53,19 @@ func (s *Server) AlertmanagerHandler() http.Handler {
 	})
 }
 
+// RequireAdmin serves h only to requests that bear an admin token, such as debug endpoints.
+func (s *Server) RequireAdmin(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A path that is no procedure needs the admin role (see minRole).
+		ctx, err := authInterceptor{s: s}.authenticate(r.Context(), r.URL.Path, r.Header)
+		if err != nil {
+			writeConnectError(w, err)
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
 func writeConnectError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch connect.CodeOf(err) {

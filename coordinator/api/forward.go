@@ -19,6 +19,11 @@ import (
 // nodes that disagree about the leader cannot bounce a request between them.
 const forwardedHeader = "Captain-Forwarded"
 
+// LeaderHeader, on an answer a follower forwarded, names the leader's API base URL, so a
+// client that sends many leader-only calls (an agent's heartbeats) can send them there and
+// spare the follower a hop.
+const LeaderHeader = "Captain-Leader"
+
 type handlerFunc[Req, Res any] func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error)
 
 // onLeader runs fn on the leader: here when this node leads, else by forwarding the same
@@ -42,6 +47,9 @@ func onLeader[Req, Res any](s *Server, fn handlerFunc[Req, Res]) handlerFunc[Req
 				lastErr = err
 			} else {
 				res, err := forward[Req, Res](ctx, s, base, req)
+				if err == nil {
+					res.Header().Set(LeaderHeader, base)
+				}
 				if err == nil || !retryable(err) {
 					return res, err
 				}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -68,6 +69,9 @@ type Config struct {
 	S3Endpoint, S3Region string
 	S3Credentials        *credentials.Credentials
 	TrustedKeyFiles      []string
+	// EnablePprof serves Go's runtime profiles at /debug/pprof/ on the API address, to admin
+	// tokens only: a profile of a busy leader is how a slow path gets found in production.
+	EnablePprof bool
 
 	Logger *slog.Logger
 }
@@ -164,6 +168,9 @@ func New(cfg Config) (*Daemon, error) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", d.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	if cfg.EnablePprof {
+		mux.Handle("/debug/pprof/", d.api.RequireAdmin(pprofHandler()))
+	}
 	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -469,4 +476,15 @@ func artifactStore(cfg Config) (*api.ArtifactStore, error) {
 		a.TrustedKeys = keys
 	}
 	return a, nil
+}
+
+// pprofHandler serves net/http/pprof on a mux of its own, not on http.DefaultServeMux.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

@@ -3,11 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,55 +27,10 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	scale := e.scale
 	const interval = time.Second
 	// TTL of five intervals: one slow answer must not mark a host down, five in a row should.
-	c := startCluster(t, e, "--heartbeat-interval", interval.String(), "--heartbeat-ttl", (5 * interval).String())
+	c := startCluster(t, e, append([]string{"--heartbeat-interval", interval.String(), "--heartbeat-ttl", (5 * interval).String()}, profileArgs()...)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	var (
-		recording atomic.Bool
-		errCount  atomic.Int64
-		wg        sync.WaitGroup
-		mu        sync.Mutex
-		latencies []time.Duration
-	)
-	beat := func(a *simAgent) {
-		defer wg.Done()
-		// A random phase spreads the fleet over the second, as agents started at different
-		// times (plus the agent's jitter) would be.
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(rand.N(interval)):
-		}
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		var mine []time.Duration
-		defer func() {
-			mu.Lock()
-			latencies = append(latencies, mine...)
-			mu.Unlock()
-		}()
-		for {
-			rec := recording.Load()
-			start := time.Now()
-			_, err := a.client.Heartbeat(ctx, &captainv1.HeartbeatRequest{HostId: a.id})
-			if ctx.Err() != nil {
-				return
-			}
-			if rec {
-				if err != nil {
-					errCount.Add(1)
-				} else {
-					mine = append(mine, time.Since(start))
-				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
-	}
 	// Registration first, heartbeats after: registering is one Raft write per host and would
 	// otherwise compete with the heartbeats of the hosts registered before it. Hosts registered
 	// early may go down before their first heartbeat; the warm-up brings them back, and only
@@ -93,10 +44,8 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	}
 	regTook := time.Since(regStart)
 	t.Logf("%d agents registered in %s", len(agents), regTook.Round(time.Millisecond))
-	for _, a := range agents {
-		wg.Add(1)
-		go beat(a)
-	}
+	b := startBeats(agents, interval)
+	defer b.stop()
 
 	warmup := scaledDur(5*time.Second, scale, 2*time.Second)
 	window := scaledDur(20*time.Second, scale, 5*time.Second)
@@ -105,10 +54,30 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	if err != nil {
 		t.Fatal(err)
 	}
+	leader, err := c.leaderNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu, err := startCPU(leader.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
 	windowStart := time.Now()
-	recording.Store(true)
-	time.Sleep(window) // the measurement window
-	recording.Store(false)
+	b.record(true)
+	if profileDir() != "" {
+		path, err := c.profileLeader(ctx, leader, fmt.Sprintf("heartbeat-%d-leader", n), window)
+		if err != nil {
+			t.Error(err)
+		}
+		t.Logf("CPU profile of leader %s: %s", leader.ID, path)
+	} else {
+		time.Sleep(window) // the measurement window
+	}
+	b.record(false)
+	leaderCores, err := cpu.cores()
+	if err != nil {
+		t.Fatal(err)
+	}
 	after, err := c.commitIndex(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -117,8 +86,7 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	wg.Wait()
+	latencies, errCount := b.stop()
 
 	// A host that went down in the window and came back has a liveness_since inside it.
 	down := 0
@@ -133,26 +101,21 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 		// here means hosts left over from something else, and is worth a look.
 		notes = append(notes, fmt.Sprintf("the cluster lists %d hosts for %d registrations", len(hosts), n))
 	}
-	slices.Sort(latencies)
-	pct := func(p float64) float64 {
-		if len(latencies) == 0 {
-			return 0
-		}
-		return float64(latencies[min(len(latencies)-1, int(p*float64(len(latencies))))].Microseconds()) / 1000
-	}
+	pct := func(p float64) float64 { return percentile(latencies, p) }
 	rate := float64(len(latencies)) / window.Seconds()
 	p99 := pct(0.99)
 	sc := fmt.Sprintf("heartbeat, %d agents", n)
-	if e := errCount.Load(); e > 0 {
+	if e := errCount; e > 0 {
 		notes = append(notes, fmt.Sprintf("%d heartbeats failed in the window", e))
 	}
 	note := strings.Join(notes, "; ")
 	return []result{
 		{Scenario: sc, Metric: "heartbeats/s answered (offered 1/s per agent)", Value: rate, Unit: "/s", Note: note},
 		{Scenario: sc, Metric: "p50 latency", Value: pct(0.50), Unit: "ms"},
-		{Scenario: sc, Metric: "p99 latency", Value: p99, Unit: "ms", Target: "< 20 ms (10k agents)", Meets: boolp(p99 < 20 && errCount.Load() == 0)},
+		{Scenario: sc, Metric: "p99 latency", Value: p99, Unit: "ms", Target: "< 20 ms (10k agents)", Meets: boolp(p99 < 20 && errCount == 0)},
 		{Scenario: sc, Metric: fmt.Sprintf("Raft entries in %s steady window", window), Value: float64(after - before), Unit: "", Target: "0", Meets: boolp(after == before)},
 		{Scenario: sc, Metric: "hosts that went down", Value: float64(down), Unit: "", Target: "0", Meets: boolp(down == 0)},
+		{Scenario: sc, Metric: "leader CPU", Value: leaderCores, Unit: "cores"},
 		{Scenario: sc, Metric: "registration (one Raft write each)", Value: float64(n) / regTook.Seconds(), Unit: "hosts/s"},
 	}
 }

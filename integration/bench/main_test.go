@@ -81,11 +81,20 @@ func TestBench(t *testing.T) {
 		run  func(t *testing.T, e *env) []result
 	}{
 		{"heartbeat", benchHeartbeats},
+		{"capacity", benchCapacity},
 		{"rollout", benchRollout},
+		{"rollback", benchRollback},
 		{"writes", benchWrites},
 		{"failover", benchFailover},
 	}
+	only := map[string]bool{}
+	for _, name := range strings.FieldsFunc(os.Getenv("BENCH_ONLY"), func(r rune) bool { return r == ',' || r == ' ' }) {
+		only[name] = true
+	}
 	for _, sc := range scenarios {
+		if len(only) > 0 && !only[sc.name] {
+			continue
+		}
 		t.Run(sc.name, func(t *testing.T) {
 			rep.Results = append(rep.Results, sc.run(t, e)...)
 		})

@@ -154,6 +154,9 @@ func Start(t testing.TB, name, bin string, env []string, args ...string) *Proces
 	return p
 }
 
+// PID is the process ID of the started binary.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
 // Log returns what the process printed so far.
 func (p *Process) Log() string { return p.log.String() }
 

@@ -102,6 +102,7 @@ flags on the command line win.`,
 	f.StringVar(&o.cfg.S3Endpoint, "s3-endpoint", "", "`URL` (http(s)://host:port) of the S3-compatible artifact store whose manifests give the file changes in release diffs and rollback previews; credentials from the standard chain (AWS_* env vars, shared files, instance role); without it or --s3-region those show commits only")
 	f.StringVar(&o.cfg.S3Region, "s3-region", "", "`REGION` of the artifact store (without --s3-endpoint: AWS S3 in that region)")
 	f.StringSliceVar(&o.cfg.TrustedKeyFiles, "trusted-key", nil, "public key `FILE` (captain keygen) that must have signed a manifest before the coordinator uses it (repeatable); without any, manifests are read as stored, unverified")
+	f.BoolVar(&o.cfg.EnablePprof, "enable-pprof", false, "serve Go runtime profiles at /debug/pprof/ on the API address (admin tokens only)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
