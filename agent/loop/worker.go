@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -132,6 +133,9 @@ func (a *Agent) work(ctx context.Context, w *worker) {
 			failures = 0
 			a.log.Info("deployment ended", "pipeline", res.Pipeline, "deployment", res.DeploymentID, "release", res.Release,
 				"state", res.State.String(), "message", res.Message, "resumed", res.Resumed)
+			// An agent idles between deployments: hand the buffers of the download and the
+			// extraction back to the host now rather than when the runtime gets round to it.
+			debug.FreeOSMemory()
 		}
 	}
 }

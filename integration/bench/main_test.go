@@ -86,6 +86,7 @@ func TestBench(t *testing.T) {
 		{"rollback", benchRollback},
 		{"writes", benchWrites},
 		{"failover", benchFailover},
+		{"agent", benchAgent},
 	}
 	only := map[string]bool{}
 	for _, name := range strings.FieldsFunc(os.Getenv("BENCH_ONLY"), func(r rune) bool { return r == ',' || r == ' ' }) {
