@@ -86,6 +86,7 @@ func TestBench(t *testing.T) {
 		{"rollback", benchRollback},
 		{"writes", benchWrites},
 		{"failover", benchFailover},
+		{"artifact", benchArtifact},
 		{"agent", benchAgent},
 	}
 	only := map[string]bool{}
@@ -145,7 +146,8 @@ func markdown(rep *report) string {
 		if r.Meets != nil {
 			met = map[bool]string{true: "yes", false: "**no**"}[*r.Meets]
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", r.Scenario, r.Metric, strings.TrimSpace(formatValue(r.Value)+" "+r.Unit), r.Target, met)
+		cell := strings.NewReplacer("|", `\|`).Replace
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", cell(r.Scenario), cell(r.Metric), strings.TrimSpace(formatValue(r.Value)+" "+r.Unit), cell(r.Target), met)
 	}
 	for _, r := range rep.Results {
 		if r.Note != "" {
