@@ -14,7 +14,7 @@ FUZZTIME ?= 100000x
 FUZZTIME_SLOW ?= 3000x
 FUZZ_SLOW := FuzzExtract
 
-.PHONY: help build demo generate check-generate lint test test-unit fuzz bench clean
+.PHONY: help build demo generate check-generate lint test test-unit test-integration fuzz bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,8 +49,11 @@ lint: ## gofmt, go vet, staticcheck and buf lint
 	go tool staticcheck ./...
 	$(BUF) lint
 
-test-unit: ## go test -race ./...
-	go test -race -timeout 20m ./...
+test-unit: ## go test -race of every package outside integration/
+	go test -race -timeout 20m $$(go list ./... | grep -v '/integration/')
+
+test-integration: ## the multi-process suites in integration/: end to end, systemd, demo, faults, linearizability, web UI (root for namespaces and containers)
+	go test -count=1 -timeout 45m ./integration/...
 
 fuzz: ## run every fuzz target (func FuzzXxx in *_test.go) for FUZZTIME inputs each (FUZZTIME_SLOW for FUZZ_SLOW)
 	@grep -rlE --include='*_test.go' --exclude-dir=.git '^func Fuzz' . | sort | while read -r f; do \
@@ -62,9 +65,9 @@ fuzz: ## run every fuzz target (func FuzzXxx in *_test.go) for FUZZTIME inputs e
 		done; \
 	done
 
-test: lint check-generate test-unit fuzz ## everything CI runs: lint, check-generate, tests with -race, brief fuzzing
+test: lint check-generate test-unit fuzz $(if $(SHORT),,test-integration) ## everything CI runs: lint, check-generate, tests with -race, brief fuzzing, and test-integration unless SHORT=1
 
-bench: ## measure heartbeat scale, rollout overhead, write throughput and failover on 3-node clusters (BENCH_SCALE=0.1 for a quick run); writes integration/bench/results.json
+bench: ## measure DESIGN §10's targets on real 3-node clusters (BENCH_SCALE=0.1 for a quick run, BENCH_ONLY=heartbeat,rollback to pick, BENCH_PROFILE=DIR for leader CPU profiles); writes integration/bench/results.json
 	CAPTAIN_BENCH=1 BENCH_SCALE=$${BENCH_SCALE:-1} go test -run '^TestBench$$' -v -count=1 -timeout 15m ./integration/bench
 
 clean: ## remove build output
