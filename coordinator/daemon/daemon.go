@@ -154,6 +154,7 @@ func New(cfg Config) (*Daemon, error) {
 		}
 	}
 	d.metrics.registerNode(d.node)
+	d.metrics.registerFSM(d.fsm)
 	d.api = api.New(api.Config{
 		Node: d.node, FSM: d.fsm, APIAddr: d.apiAddr, HTTPClient: d.client, TLS: serverTLS != nil,
 		ElectionWait: cfg.ElectionWait, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTTL: cfg.HeartbeatTTL, Artifacts: artifacts, Interceptors: []connect.Interceptor{d.metrics.interceptor()}, Logger: logger,

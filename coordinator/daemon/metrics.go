@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/captain-cd/captain/coordinator/fsm"
 	"github.com/captain-cd/captain/coordinator/raftnode"
 )
 
@@ -68,6 +69,13 @@ func (m *metrics) registerNode(n *raftnode.Node) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "captain_raft_term", Help: "Current Raft term."},
 			func() float64 { return float64(n.Term()) }),
 	)
+}
+
+// registerFSM adds counters read from the FSM at scrape time.
+func (m *metrics) registerFSM(f *fsm.FSM) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "captain_raft_applied_bytes_total", Help: "Bytes of Raft commands applied to the state here since the process started.",
+	}, func() float64 { return float64(f.AppliedBytes()) }))
 }
 
 // interceptor counts every RPC by procedure and code.

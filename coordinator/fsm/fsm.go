@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -51,6 +52,9 @@ type FSM struct {
 
 	mu    sync.RWMutex
 	store *state.Store
+	// appliedBytes counts the command bytes applied here: what each change costs the log,
+	// the followers and the disk.
+	appliedBytes atomic.Uint64
 }
 
 // New returns an FSM over an empty store.
@@ -74,6 +78,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
+	f.appliedBytes.Add(uint64(len(l.Data)))
 	var cmd raftv1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		// A replica that cannot read its log must stop rather than diverge.
@@ -81,6 +86,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	return f.ApplyCommand(l.Index, &cmd)
 }
+
+// AppliedBytes is the total size of the commands this FSM applied since it started.
+func (f *FSM) AppliedBytes() uint64 { return f.appliedBytes.Load() }
 
 // ApplyCommand applies one decoded command at index; exported for tests and tools.
 func (f *FSM) ApplyCommand(index uint64, cmd *raftv1.Command) *Result {

@@ -118,3 +118,26 @@ func (c *benchCluster) profileLeader(ctx context.Context, node *harness.Node, na
 	}
 	return path, f.Close()
 }
+
+// metric reads one unlabelled sample from a node's /metrics.
+func metric(ctx context.Context, node *harness.Node, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, node.URL()+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("metrics of %s: %w", node.ID, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, fmt.Errorf("metrics of %s: %w", node.ID, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("metrics of %s: no %s", node.ID, name)
+}
