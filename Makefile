@@ -14,7 +14,7 @@ FUZZTIME ?= 100000x
 FUZZTIME_SLOW ?= 3000x
 FUZZ_SLOW := FuzzExtract
 
-.PHONY: help build demo generate check-generate lint test test-unit test-integration fuzz bench clean
+.PHONY: help build demo generate check-generate lint test test-unit test-integration fuzz bench ui-screenshot clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ test: lint check-generate test-unit fuzz $(if $(SHORT),,test-integration) ## eve
 
 bench: ## measure DESIGN §10's targets on real 3-node clusters (BENCH_SCALE=0.1 for a quick run, BENCH_ONLY=heartbeat,rollback to pick, BENCH_PROFILE=DIR for leader CPU profiles); writes integration/bench/results.json
 	CAPTAIN_BENCH=1 BENCH_SCALE=$${BENCH_SCALE:-1} go test -run '^TestBench$$' -v -count=1 -timeout 15m ./integration/bench
+
+ui-screenshot: ## redraw ops/docs/ui-pipeline.png, the README's picture of the pipeline page, from a real cluster
+	CAPTAIN_UI_SCREENSHOT=$(CURDIR)/ops/docs/ui-pipeline.png go test -run '^TestREADMEScreenshot$$' -count=1 ./integration/ui
 
 clean: ## remove build output
 	rm -rf bin

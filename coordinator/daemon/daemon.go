@@ -28,6 +28,7 @@ import (
 	"github.com/captain-cd/captain/coordinator/engine"
 	"github.com/captain-cd/captain/coordinator/fsm"
 	"github.com/captain-cd/captain/coordinator/raftnode"
+	"github.com/captain-cd/captain/coordinator/ui"
 	captainv1 "github.com/captain-cd/captain/protocol/gen/captain/v1"
 	"github.com/captain-cd/captain/protocol/gen/captain/v1/captainv1connect"
 )
@@ -169,6 +170,20 @@ func New(cfg Config) (*Daemon, error) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", d.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	// The web UI calls this node's own API with the signed-in person's token, so roles and
+	// forwarding to the leader apply to it as to any client.
+	apiBase := "http://" + d.apiAddr
+	if serverTLS != nil {
+		apiBase = "https://" + d.apiAddr
+	}
+	webUI, err := ui.New(ui.Config{API: apiBase, HTTPClient: d.client, Secure: serverTLS != nil, Logger: logger.With("component", "ui")})
+	if err != nil {
+		d.ln.Close()
+		_ = d.node.Shutdown(context.Background(), false)
+		return nil, err
+	}
+	mux.Handle(ui.Prefix, webUI)
+	mux.Handle("GET /ui", http.RedirectHandler(ui.Prefix, http.StatusMovedPermanently))
 	if cfg.EnablePprof {
 		mux.Handle("/debug/pprof/", d.api.RequireAdmin(pprofHandler()))
 	}
