@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/captain-cd/captain/integration/netns"
 )
 
 // Bins are the paths of the built binaries.
@@ -133,8 +135,15 @@ func (s *syncBuffer) String() string {
 // killed when the test ends.
 func Start(t testing.TB, name, bin string, env []string, args ...string) *Process {
 	t.Helper()
+	return launch(t, name, bin, exec.Command(bin, args...), env, args)
+}
+
+// launch starts cmd, which runs bin with args (directly or through a wrapper such as
+// ip netns exec that execs bin in place), as Start describes.
+func launch(t testing.TB, name, bin string, cmd *exec.Cmd, env, args []string) *Process {
+	t.Helper()
 	p := &Process{Name: name, Args: args, log: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
+	p.cmd = cmd
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -206,6 +215,8 @@ type Node struct {
 	APIAddr  string
 	RaftAddr string
 	DataDir  string
+	// Host is the network namespace the node runs in; nil on loopback.
+	Host *netns.Host
 	*Process
 }
 
@@ -292,6 +303,10 @@ func (c *Cluster) startNode(node *Node, bootstrap bool) {
 		args = append(args, "--join", strings.Join(peers, ","), "--join-token-file", c.tokenFile)
 	}
 	args = append(args, c.extra...)
+	if node.Host != nil {
+		node.Process = StartIn(c.t, node.Host, "captaind "+node.ID, c.Bins.Captaind, nil, args...)
+		return
+	}
 	node.Process = Start(c.t, "captaind "+node.ID, c.Bins.Captaind, nil, args...)
 }
 
