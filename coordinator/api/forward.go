@@ -114,7 +114,9 @@ func reader[Req, Res any](s *Server, opts func(*Req) *captainv1.ReadOptions,
 	fn func(context.Context, *Req, *state.Reader) (*Res, error)) handlerFunc[Req, Res] {
 	local := func(ctx context.Context, req *connect.Request[Req]) (*connect.Response[Res], error) {
 		o := opts(req.Msg)
-		if o.GetConsistent() && s.node.IsLeader() {
+		// Not "&& IsLeader()": a node that lost leadership since onLeader checked must refuse
+		// (ErrNotLeader, so the caller retries on the new leader), not answer from local state.
+		if o.GetConsistent() {
 			if err := s.node.ConsistentRead(ctx); err != nil {
 				return nil, err
 			}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -94,6 +95,8 @@ type Node struct {
 	observeDone chan struct{}
 	mu          sync.Mutex
 	unreachable map[string]bool // followers whose heartbeats fail, as seen by this leader
+	// readTerm is the term in which this leader last had a barrier applied; see ConsistentRead.
+	readTerm atomic.Uint64
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -425,7 +428,18 @@ func (n *Node) Barrier(ctx context.Context) error {
 
 // ConsistentRead waits until reads on this leader reflect every acknowledged write: it
 // confirms leadership with a quorum, then waits until the FSM applied the commit index.
+//
+// A leader's commit index only covers the previous leader's last entries once an entry of its
+// own term is committed: until then a write the old leader acknowledged just before it died
+// can be in this log yet above the commit index, and a read would miss it. So the first
+// consistent read of each term waits for a barrier.
 func (n *Node) ConsistentRead(ctx context.Context) error {
+	if term := n.raft.CurrentTerm(); n.readTerm.Load() != term {
+		if err := n.Barrier(ctx); err != nil {
+			return err
+		}
+		n.readTerm.Store(term)
+	}
 	if err := mapErr(n.raft.VerifyLeader().Error()); err != nil {
 		return err
 	}
