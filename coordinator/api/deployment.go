@@ -120,9 +120,6 @@ func stageNamed(r *state.Reader, pipeline, stage string) (*captainv1.Pipeline, e
 
 func (o *operatorService) SetPromotions(ctx context.Context, req *connect.Request[captainv1.SetPromotionsRequest]) (*connect.Response[captainv1.SetPromotionsResponse], error) {
 	m := req.Msg
-	if _, err := stageNamed(o.s.readerOf(), m.GetPipeline(), m.GetStage()); err != nil {
-		return nil, err
-	}
 	if !m.GetEnabled() && m.GetReason() == "" {
 		return nil, invalid(errors.New("reason: required when disabling promotions, so others know why"))
 	}
@@ -131,6 +128,10 @@ func (o *operatorService) SetPromotions(ctx context.Context, req *connect.Reques
 		dir = captainv1.PromotionDirection_PROMOTION_DIRECTION_BOTH
 	}
 	return onLeader(o.s, func(ctx context.Context, req *connect.Request[captainv1.SetPromotionsRequest]) (*connect.Response[captainv1.SetPromotionsResponse], error) {
+		// Checked on the leader: a follower that lags would call a new stage unknown.
+		if _, err := stageNamed(o.s.readerOf(), m.GetPipeline(), m.GetStage()); err != nil {
+			return nil, err
+		}
 		cmd := o.s.command(ctx, "", m.GetReason())
 		cmd.Body = &raftv1.Command_SetBlock{SetBlock: &raftv1.SetBlock{Pipeline: m.GetPipeline(), Stage: m.GetStage(), Direction: dir, Enabled: m.GetEnabled()}}
 		res, err := o.s.apply(ctx, cmd)
@@ -147,13 +148,13 @@ func (o *operatorService) SetPromotions(ctx context.Context, req *connect.Reques
 
 func (o *operatorService) Approve(ctx context.Context, req *connect.Request[captainv1.ApproveRequest]) (*connect.Response[captainv1.ApproveResponse], error) {
 	m := req.Msg
-	if _, err := stageNamed(o.s.readerOf(), m.GetPipeline(), m.GetStage()); err != nil {
-		return nil, err
-	}
 	if m.GetRelease() == 0 {
 		return nil, invalid(errors.New("release: required, the release number the approval is for"))
 	}
 	return onLeader(o.s, func(ctx context.Context, req *connect.Request[captainv1.ApproveRequest]) (*connect.Response[captainv1.ApproveResponse], error) {
+		if _, err := stageNamed(o.s.readerOf(), m.GetPipeline(), m.GetStage()); err != nil {
+			return nil, err
+		}
 		cmd := o.s.command(ctx, "", m.GetComment())
 		cmd.Body = &raftv1.Command_Approve{Approve: &raftv1.Approve{Pipeline: m.GetPipeline(), Stage: m.GetStage(), Release: m.GetRelease(), Comment: m.GetComment()}}
 		res, err := o.s.apply(ctx, cmd)

@@ -35,7 +35,14 @@ func onLeader[Req, Res any](s *Server, fn handlerFunc[Req, Res]) handlerFunc[Req
 		var lastErr error
 		for {
 			if s.node.IsLeader() {
-				res, err := fn(ctx, req)
+				// fn checks the state before it writes (a pipeline exists, a stage is named):
+				// a leader elected a moment ago must have applied its predecessors' entries
+				// first, or it would call a pipeline created just before the election unknown.
+				err := s.node.CaughtUp(ctx)
+				var res *connect.Response[Res]
+				if err == nil {
+					res, err = fn(ctx, req)
+				}
 				// ErrNotLeader means the entry was never appended: safe to try again.
 				if err == nil || !errors.Is(err, raftnode.ErrNotLeader) || forwarded || time.Now().After(deadline) {
 					return res, toConnect(err)

@@ -27,10 +27,9 @@ func (o *operatorService) PreviewRollback(ctx context.Context, req *connect.Requ
 	return connect.NewResponse(&captainv1.PreviewRollbackResponse{Plan: plan, FileChangesUnavailable: unavailable}), nil
 }
 
+// Rollback plans on the leader only: a follower that lags could refuse a rollback the leader
+// would start (a stage it does not know yet) or plan from an old last good release.
 func (o *operatorService) Rollback(ctx context.Context, req *connect.Request[captainv1.RollbackRequest]) (*connect.Response[captainv1.RollbackResponse], error) {
-	if _, _, err := o.planRollback(o.s.readerOf(), req.Msg.GetTarget(), actor(ctx), req.Msg.GetReason(), true); err != nil {
-		return nil, err // refuse early, on any node, with the reason
-	}
 	return onLeader(o.s, o.rollback)(ctx, req)
 }
 

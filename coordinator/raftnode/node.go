@@ -95,7 +95,7 @@ type Node struct {
 	observeDone chan struct{}
 	mu          sync.Mutex
 	unreachable map[string]bool // followers whose heartbeats fail, as seen by this leader
-	// readTerm is the term in which this leader last had a barrier applied; see ConsistentRead.
+	// readTerm is the term in which this leader last had a barrier applied; see CaughtUp.
 	readTerm atomic.Uint64
 
 	shutdownOnce sync.Once
@@ -426,19 +426,30 @@ func (n *Node) Barrier(ctx context.Context) error {
 	return mapErr(n.raft.Barrier(timeout(ctx, 10*time.Second)).Error())
 }
 
-// ConsistentRead waits until reads on this leader reflect every acknowledged write: it
-// confirms leadership with a quorum, then waits until the FSM applied the commit index.
+// CaughtUp returns once this leader's state holds every entry of earlier terms.
 //
 // A leader's commit index only covers the previous leader's last entries once an entry of its
 // own term is committed: until then a write the old leader acknowledged just before it died
-// can be in this log yet above the commit index, and a read would miss it. So the first
-// consistent read of each term waits for a barrier.
-func (n *Node) ConsistentRead(ctx context.Context) error {
+// can be in this log yet above the commit index, and a leader that just restarted may not have
+// applied the log after its snapshot. A read, or a check made before a write ("does this
+// pipeline exist?"), would miss them. So the first call of each term waits for a barrier; the
+// others cost an atomic load.
+func (n *Node) CaughtUp(ctx context.Context) error {
 	if term := n.raft.CurrentTerm(); n.readTerm.Load() != term {
 		if err := n.Barrier(ctx); err != nil {
 			return err
 		}
 		n.readTerm.Store(term)
+	}
+	return nil
+}
+
+// ConsistentRead waits until reads on this leader reflect every acknowledged write: it waits
+// until the leader caught up with earlier terms, confirms leadership with a quorum, then waits
+// until the FSM applied the commit index.
+func (n *Node) ConsistentRead(ctx context.Context) error {
+	if err := n.CaughtUp(ctx); err != nil {
+		return err
 	}
 	if err := mapErr(n.raft.VerifyLeader().Error()); err != nil {
 		return err
