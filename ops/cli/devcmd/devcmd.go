@@ -1,6 +1,7 @@
 // Package devcmd is `captain dev`: a whole Captain installation on one machine — three
-// coordinators, an S3 gateway and eight agents — that deploys three releases of a sample app
-// through a pipeline while it prints what happens, then stays up for the other commands.
+// coordinators, an S3-compatible store (versitygw, or one embedded for development) and eight
+// agents — that deploys three releases of a sample app through a pipeline while it prints
+// what happens, then stays up for the other commands.
 package devcmd
 
 import (
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -53,6 +55,8 @@ const (
 	// appRootInPipeline is deploy.app_root of pipeline-dev.yaml; each agent's root_dir
 	// prefixes it.
 	appRootInPipeline = "srv/web"
+	// s3Region is the region every client signs with and the store expects.
+	s3Region = "us-east-1"
 )
 
 type options struct {
@@ -60,8 +64,16 @@ type options struct {
 	keep     bool
 	noWait   bool
 	pipeline string
+	s3       string
 	timeout  time.Duration
 }
+
+// The artifact stores `captain dev` can run, chosen with --s3.
+const (
+	s3Auto      = "auto"
+	s3Versitygw = "versitygw"
+	s3Embedded  = "embedded"
+)
 
 // NewDevCommand returns `captain dev`.
 func NewDevCommand(cfg *clientcfg.Config) *cobra.Command {
@@ -69,20 +81,22 @@ func NewDevCommand(cfg *clientcfg.Config) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a whole Captain on this machine and watch three releases go through a pipeline",
-		Long: `captain dev starts, on this machine and with nothing installed but Go (and the S3 gateway
-versitygw, which it asks you to install when missing):
+		Long: `captain dev starts, on this machine and with nothing installed but Go:
 
   - a 3-node coordinator cluster (captaind) on loopback,
-  - versitygw as the S3-compatible artifact store,
+  - an S3-compatible artifact store: the gateway versitygw when it is installed (on PATH or in
+    $(go env GOPATH)/bin), else an S3 endpoint embedded in this process that keeps objects in
+    memory, for development only (--s3 picks one),
   - 8 agents, each its own process with its own app root: a one-box and three zones in
     us-east-1, two zones in us-west-2.
 
 It applies ops/examples/pipeline-dev.yaml (pipeline.yaml's shape with bake times of seconds),
 builds the sample app ops/examples/app three times and pushes three releases: two good ones and
 a third whose health check fails, which the one-box rolls back by itself before blocking the
-stage. It prints a timeline of every stage as it moves, then the address and token for the
-CLI, and keeps everything running until Ctrl-C. Then it stops every process it started and
-removes its state unless --keep.
+stage. It prints a timeline of every stage as it moves, then the web UI's URL, a line
+"export CAPTAIN_ADDR=… CAPTAIN_TOKEN=…" to paste into another terminal (and one with the
+artifact store's endpoint and keys for captain artifact), and keeps everything running until
+Ctrl-C. Then it stops every process it started and removes its state unless --keep.
 
 captain dev runs from a checkout of Captain (it needs the sample app's source). It uses
 captaind and captain-agent from its own directory (make build puts them there) and builds
@@ -90,6 +104,7 @@ them with go build otherwise.`,
 		Example: `  make demo                            # make build, then bin/captain dev
   bin/captain dev --dir /tmp/demo --keep  # keep logs, Raft data and app roots after Ctrl-C
   bin/captain dev --no-wait               # stop after the three releases (tests, CI)
+  bin/captain dev --s3 embedded           # the in-process S3 even when versitygw is installed
 
   # in another terminal, while it runs:
   export CAPTAIN_ADDR=127.0.0.1:PORT CAPTAIN_TOKEN=cpt_admin_...   # printed by captain dev
@@ -100,6 +115,14 @@ them with go build otherwise.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			// With output piped (`make demo | tee demo.log`), a Ctrl-C ends the reader too, and
+			// the next line written would kill this process by SIGPIPE in the middle of its
+			// teardown, leaving every child running. Catching SIGPIPE turns that into a write
+			// error, ignored; unlike ignoring the signal, catching it is not inherited by the
+			// children.
+			pipe := make(chan os.Signal, 1)
+			signal.Notify(pipe, syscall.SIGPIPE)
+			defer signal.Stop(pipe)
 			return run(ctx, o, cmd.OutOrStdout())
 		},
 	}
@@ -108,6 +131,7 @@ them with go build otherwise.`,
 	f.BoolVar(&o.keep, "keep", false, "keep the state directory when stopping")
 	f.BoolVar(&o.noWait, "no-wait", false, "stop everything once the three releases are through instead of waiting for Ctrl-C")
 	f.StringVar(&o.pipeline, "pipeline", "", "pipeline file to apply (default: ops/examples/pipeline-dev.yaml of the checkout)")
+	f.StringVar(&o.s3, "s3", s3Auto, "artifact store: versitygw, embedded (in this process, in memory, for development only) or auto (versitygw when installed, else embedded)")
 	f.DurationVar(&o.timeout, "scripted-timeout", 3*time.Minute, "give up when the scripted part takes longer")
 	_ = cfg // the demo makes its own cluster; it prints the address and token for the other commands
 	return cmd
@@ -132,10 +156,13 @@ type demo struct {
 	apiAddrs   []string
 	s3Endpoint string
 	s3Env      []string
-	signKey    string
-	appPorts   map[string]string
-	appRoots   map[string]string
-	fleet      []host
+	// embedded is the in-process S3 when versitygw is not used, and its log file.
+	embedded    *embeddedS3
+	embeddedLog *os.File
+	signKey     string
+	appPorts    map[string]string
+	appRoots    map[string]string
+	fleet       []host
 }
 
 func run(ctx context.Context, o *options, out io.Writer) (err error) {
@@ -144,7 +171,7 @@ func run(ctx context.Context, o *options, out io.Writer) (err error) {
 	if err := d.findCheckout(); err != nil {
 		return err
 	}
-	versitygw, err := lookVersitygw()
+	versitygw, why, err := chooseS3(o.s3)
 	if err != nil {
 		return err
 	}
@@ -158,13 +185,16 @@ func run(ctx context.Context, o *options, out io.Writer) (err error) {
 	}()
 	scripted, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
+	if why != "" {
+		d.say("%s", why)
+	}
 	if err := d.scripted(scripted, versitygw); err != nil {
 		if ctx.Err() != nil {
 			return nil // Ctrl-C during the script: stop quietly
 		}
 		return err
 	}
-	d.printAccess()
+	d.printAccess(ctx)
 	if o.noWait {
 		return nil
 	}
@@ -366,7 +396,55 @@ func goBuild(ctx context.Context, dir, out, pkg, ldflags string, env []string) e
 	return nil
 }
 
+// chooseS3 resolves --s3 to the versitygw binary to run, or "" for the embedded store, and
+// says why when auto falls back to the embedded one.
+func chooseS3(mode string) (versitygw, why string, err error) {
+	switch mode {
+	case s3Embedded:
+		return "", "", nil
+	case s3Versitygw:
+		bin, err := lookVersitygw()
+		return bin, "", err
+	case s3Auto:
+		bin, err := lookVersitygw()
+		if err != nil {
+			return "", "versitygw is not installed (neither on PATH nor in $(go env GOPATH)/bin): using the embedded S3 instead", nil
+		}
+		return bin, "", nil
+	}
+	return "", "", fmt.Errorf("--s3 %q: want %s, %s or %s", mode, s3Auto, s3Versitygw, s3Embedded)
+}
+
+// startS3 starts the artifact store: versitygw when bin is set, else the embedded one.
 func (d *demo) startS3(ctx context.Context, bin string) error {
+	access, secret := "captaindev", randomHex(16)
+	d.s3Env = []string{"AWS_ACCESS_KEY_ID=" + access, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_REGION=" + s3Region}
+	if bin == "" {
+		return d.startEmbeddedS3(s3Auth{access: access, secret: secret, region: s3Region})
+	}
+	return d.startVersitygw(ctx, bin, access, secret)
+}
+
+func (d *demo) startEmbeddedS3(auth s3Auth) error {
+	logPath := filepath.Join(d.dir, "s3.log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open the embedded S3's log: %w", err)
+	}
+	e, err := startEmbeddedS3(auth, bucket, slog.New(slog.NewTextHandler(logf, nil)))
+	if err != nil {
+		_ = logf.Close()
+		return err
+	}
+	d.embedded, d.embeddedLog = e, logf
+	d.s3Endpoint = e.endpoint
+	d.say("artifact store: EMBEDDED S3 on %s, bucket %s, in this process and in memory (log %s)", d.s3Endpoint, bucket, logPath)
+	d.say("  the embedded S3 is for development only, not for production: objects are gone when captain dev stops;")
+	d.say("  for a real gateway: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+	return nil
+}
+
+func (d *demo) startVersitygw(ctx context.Context, bin, access, secret string) error {
 	root := filepath.Join(d.dir, "s3")
 	// versitygw's posix backend serves each top-level directory as a bucket.
 	if err := os.MkdirAll(filepath.Join(root, bucket), 0o755); err != nil {
@@ -376,9 +454,7 @@ func (d *demo) startS3(ctx context.Context, bin string) error {
 	if err != nil {
 		return err
 	}
-	access, secret := "captaindev", randomHex(16)
 	d.s3Endpoint = "http://" + addrs[0]
-	d.s3Env = []string{"AWS_ACCESS_KEY_ID=" + access, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_REGION=us-east-1"}
 	p, err := d.procs.start("versitygw", filepath.Join(d.dir, "versitygw.log"), nil, bin,
 		"--port", addrs[0], "--access", access, "--secret", secret, "--quiet", "posix", root)
 	if err != nil {
@@ -431,7 +507,7 @@ func (d *demo) startCluster(ctx context.Context) error {
 	var s3Args []string
 	var s3Env []string
 	if help, _ := exec.CommandContext(ctx, d.captaind, "--help").CombinedOutput(); strings.Contains(string(help), "--s3-endpoint") {
-		s3Args, s3Env = []string{"--s3-endpoint", d.s3Endpoint, "--s3-region", "us-east-1"}, d.s3Env
+		s3Args, s3Env = []string{"--s3-endpoint", d.s3Endpoint, "--s3-region", s3Region}, d.s3Env
 	}
 	var nodes []*proc
 	for i := range 3 {
@@ -514,9 +590,9 @@ labels: %s
 state_dir: %q
 root_dir: %q
 trusted_keys: [%q]
-s3: {endpoint: %q, region: us-east-1}
+s3: {endpoint: %q, region: %s}
 hostname: %s
-`, strings.Join(coords, ", "), tokenFile, labels, filepath.Join(base, "state"), root, d.signKey+".pub", d.s3Endpoint, h.name)
+`, strings.Join(coords, ", "), tokenFile, labels, filepath.Join(base, "state"), root, d.signKey+".pub", d.s3Endpoint, s3Region, h.name)
 		cfgPath := filepath.Join(base, "agent.yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			return fmt.Errorf("write agent config: %w", err)
@@ -642,10 +718,22 @@ func (d *demo) waitFor(ctx context.Context, within time.Duration, what string, c
 	}
 }
 
-func (d *demo) printAccess() {
-	fmt.Fprintf(d.out, "\nCaptain is running. In another terminal:\n\n")
+// printAccess says how to reach the running demo. The export line stands alone on its line
+// so that it can be pasted into a shell as it is.
+func (d *demo) printAccess(ctx context.Context) {
+	ui := "http://" + d.apiAddrs[0] + "/ui/"
+	note := ""
+	if why := httpAnswer(ctx, ui, true); why != "" {
+		// The web UI ships with captaind; a captaind built before it answers 404.
+		note = fmt.Sprintf(" (this captaind does not serve it: %s)", why)
+	}
+	fmt.Fprintf(d.out, "\nCaptain is running.\n\n")
+	fmt.Fprintf(d.out, "  UI: %s%s\n\n", ui, note)
+	fmt.Fprintf(d.out, "In another terminal:\n\n")
 	fmt.Fprintf(d.out, "  export CAPTAIN_ADDR=%s CAPTAIN_TOKEN=%s\n", d.apiAddrs[0], d.adminToken)
 	fmt.Fprintf(d.out, "  %s status web\n\n", d.self)
+	fmt.Fprintf(d.out, "and for `captain artifact push|fetch|diff` against its artifact store (bucket %s):\n\n", bucket)
+	fmt.Fprintf(d.out, "  export CAPTAIN_S3_ENDPOINT=%s %s\n\n", d.s3Endpoint, strings.Join(d.s3Env, " "))
 	fmt.Fprintf(d.out, "coordinators (any one answers): http://%s\n", strings.Join(d.apiAddrs, " http://"))
 	fmt.Fprintf(d.out, "the sample app on each host:\n")
 	for _, h := range d.fleet {
@@ -678,6 +766,15 @@ func (d *demo) teardown() error {
 			if err := stopApp(root); err != nil {
 				errs = append(errs, fmt.Errorf("stop the app of %s: %w", h.name, err))
 			}
+		}
+	}
+	// The embedded store goes last, like versitygw: agents may fetch until they stop.
+	if d.embedded != nil {
+		if err := d.embedded.stop(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := d.embeddedLog.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the embedded S3's log: %w", err))
 		}
 	}
 	if d.o.keep {

@@ -40,7 +40,7 @@ func (ps *procs) start(name, logPath string, env []string, bin string, args ...s
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p.cmd.SysProcAttr = childAttr()
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s (%s): %w", name, bin, err)
 	}
@@ -138,7 +138,7 @@ func lookVersitygw() (string, error) {
 		}
 	}
 	return "", errors.New("captain dev needs the S3 gateway versitygw for its artifact store and found it neither on PATH nor in $(go env GOPATH)/bin; " +
-		"install it with `go install github.com/versity/versitygw/cmd/versitygw@v1.8.0` and run again")
+		"install it with `go install github.com/versity/versitygw/cmd/versitygw@v1.8.0` and run again, or use --s3 embedded for the in-process development store")
 }
 
 func trimSpace(b []byte) []byte {
