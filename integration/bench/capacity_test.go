@@ -22,12 +22,19 @@ import (
 // beats is a fleet of simulated agents heartbeating once per interval, each at a random
 // phase, as agents started at different times (plus the agent's jitter) would.
 type beats struct {
-	recording atomic.Bool
-	errs      atomic.Int64
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	mu        sync.Mutex
-	lat       []time.Duration
+	// window is the measurement window calls are recorded in; 0 records nothing.
+	window atomic.Int32
+	errs   atomic.Int64
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	lat    []sample
+}
+
+// sample is one answered heartbeat: the window it was sent in and how long it took.
+type sample struct {
+	window int32
+	d      time.Duration
 }
 
 func startBeats(agents []*simAgent, interval time.Duration) *beats {
@@ -49,24 +56,24 @@ func (b *beats) beat(ctx context.Context, a *simAgent, interval time.Duration) {
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	var mine []time.Duration
+	var mine []sample
 	defer func() {
 		b.mu.Lock()
 		b.lat = append(b.lat, mine...)
 		b.mu.Unlock()
 	}()
 	for {
-		rec := b.recording.Load()
+		w := b.window.Load()
 		start := time.Now()
 		_, err := a.client.Heartbeat(ctx, &captainv1.HeartbeatRequest{HostId: a.id})
 		if ctx.Err() != nil {
 			return
 		}
-		if rec {
+		if w > 0 {
 			if err != nil {
 				b.errs.Add(1)
 			} else {
-				mine = append(mine, time.Since(start))
+				mine = append(mine, sample{w, time.Since(start)})
 			}
 		}
 		select {
@@ -77,15 +84,45 @@ func (b *beats) beat(ctx context.Context, a *simAgent, interval time.Duration) {
 	}
 }
 
-// record turns recording on or off.
-func (b *beats) record(on bool) { b.recording.Store(on) }
+// record turns recording into window 1 on or off.
+func (b *beats) record(on bool) {
+	if on {
+		b.window.Store(1)
+	} else {
+		b.window.Store(0)
+	}
+}
 
-// stop ends the fleet and returns the recorded latencies, sorted, and the failed calls.
+// recordWindow records the calls sent from now on as window w (1, 2, ...); 0 stops.
+func (b *beats) recordWindow(w int32) { b.window.Store(w) }
+
+// stop ends the fleet and returns the recorded latencies of every window, sorted, and the
+// failed calls.
 func (b *beats) stop() ([]time.Duration, int64) {
 	b.cancel()
 	b.wg.Wait()
-	slices.Sort(b.lat)
-	return b.lat, b.errs.Load()
+	out := make([]time.Duration, len(b.lat))
+	for i, s := range b.lat {
+		out[i] = s.d
+	}
+	slices.Sort(out)
+	return out, b.errs.Load()
+}
+
+// stopWindows ends the fleet and returns the sorted latencies of windows 1..n.
+func (b *beats) stopWindows(n int) ([][]time.Duration, int64) {
+	b.cancel()
+	b.wg.Wait()
+	out := make([][]time.Duration, n)
+	for _, s := range b.lat {
+		if s.window >= 1 && int(s.window) <= n {
+			out[s.window-1] = append(out[s.window-1], s.d)
+		}
+	}
+	for _, w := range out {
+		slices.Sort(w)
+	}
+	return out, b.errs.Load()
 }
 
 // percentile of sorted latencies, in milliseconds.
@@ -102,40 +139,64 @@ type step struct {
 	answered float64
 	p99      float64
 	errs     int64
+	// servers is the CPU the servers used (all nodes), in cores.
+	servers float64
 }
 
 func (s step) holds() bool {
 	return s.p99 < 20 && s.errs == 0 && s.answered >= 0.95*float64(s.rate)
 }
 
-// searchCapacity finds the highest heartbeat rate the target answers at p99 < 20 ms: rates
-// rise by stride until one fails, then the rate half a stride below that is tried. The
-// agents beat once a second, so a rate is a number of agents.
+// searchCapacity finds the highest heartbeat rate the target answers at p99 < 20 ms in the
+// median of three windows: rates rise by stride until one fails, then the rate half a stride
+// below that is tried. The agents beat once a second, so a rate is a number of agents.
 func searchCapacity(t *testing.T, name string, agents []*simAgent, stride int, window time.Duration, servers []int) (best step, steps []step) {
+	const windows = 3
+	// Long enough for every agent's first beats (forwarded by a follower until the agent
+	// learns the leader), connections opened and stacks and heap grown: steady state.
+	const warmup = 5 * time.Second
 	measure := func(rate int) step {
 		b := startBeats(agents[:rate], time.Second)
-		time.Sleep(2 * time.Second) // warm-up: every agent's first beat, connections opened
+		time.Sleep(warmup) // warm-up: every agent's first beat, connections opened
 		meters := make([]*cpuMeter, 0, len(servers)+1)
 		for _, pid := range append([]int{os.Getpid()}, servers...) {
 			if m, err := startCPU(pid); err == nil {
 				meters = append(meters, m)
 			}
 		}
-		b.record(true)
-		time.Sleep(window) // the measurement window
-		b.record(false)
+		for w := range int32(windows) {
+			b.recordWindow(w + 1)
+			time.Sleep(window)
+		}
+		b.recordWindow(0)
 		var cpu []string
+		servers := 0.0
 		for i, m := range meters {
 			c, _ := m.cores()
 			who := "load generator"
 			if i > 0 {
 				who = fmt.Sprintf("server %d", i)
+				servers += c
 			}
 			cpu = append(cpu, fmt.Sprintf("%s %.2f", who, c))
 		}
-		lat, errs := b.stop()
-		s := step{rate: rate, answered: float64(len(lat)) / window.Seconds(), p99: percentile(lat, 0.99), errs: errs}
-		t.Logf("%s: %d/s offered, %.0f/s answered, p99 %.2f ms, %d errors; CPU cores: %s", name, rate, s.answered, s.p99, errs, strings.Join(cpu, ", "))
+		lats, errs := b.stopWindows(windows)
+		// One stall of either process (a GC cycle, the scheduler) can push the p99 of a
+		// single window over the line at any rate; the median window says what the rate
+		// holds.
+		p99s := make([]float64, len(lats))
+		answered := 0
+		for i, l := range lats {
+			p99s[i] = percentile(l, 0.99)
+			answered += len(l)
+		}
+		shown := make([]string, len(p99s))
+		for i, p := range p99s {
+			shown[i] = fmt.Sprintf("%.2f", p)
+		}
+		slices.Sort(p99s)
+		s := step{rate: rate, answered: float64(answered) / (window.Seconds() * windows), p99: p99s[len(p99s)/2], errs: errs, servers: servers}
+		t.Logf("%s: %d/s offered, %.0f/s answered, p99 per window %s ms (median %.2f), %d errors; CPU cores: %s", name, rate, s.answered, strings.Join(shown, " "), s.p99, errs, strings.Join(cpu, ", "))
 		return s
 	}
 	failed := 0
@@ -178,6 +239,7 @@ func benchCapacity(t *testing.T, e *env) []result {
 	defer cancel()
 
 	var bare step
+	var bareSteps, captainSteps []step
 	t.Run("bare", func(t *testing.T) {
 		addr := harness.FreeAddr(t)
 		p := harness.Start(t, "barehb", buildBare(t), nil, "--addr", addr)
@@ -194,7 +256,7 @@ func benchCapacity(t *testing.T, e *env) []result {
 			}
 			agents[i] = &simAgent{id: fmt.Sprintf("h-%05d", i), client: cl}
 		}
-		bare, _ = searchCapacity(t, "bare Connect handler", agents, stride, window, []int{p.PID()})
+		bare, bareSteps = searchCapacity(t, "bare Connect handler", agents, stride, window, []int{p.PID()})
 		p.Stop(5 * time.Second)
 	})
 
@@ -211,17 +273,40 @@ func benchCapacity(t *testing.T, e *env) []result {
 		for _, n := range c.Nodes {
 			pids = append(pids, n.PID())
 		}
-		captain, _ = searchCapacity(t, "captaind", agents, stride, window, pids)
+		captain, captainSteps = searchCapacity(t, "captaind", agents, stride, window, pids)
 	})
 
 	ratio := 0.0
 	if bare.rate > 0 {
 		ratio = float64(captain.rate) / float64(bare.rate) * 100
 	}
-	note := fmt.Sprintf("rates tried in steps of %d up to %d agents at 1 heartbeat/s; %s windows after a 2 s warm-up; load generator on the same cores", stride, top, window)
-	return []result{
+	note := fmt.Sprintf("rates tried in steps of %d up to %d agents at 1 heartbeat/s; p99 of three %s windows after a 5 s warm-up, the median window counts; load generator on the same cores", stride, top, window)
+	out := []result{
 		{Scenario: "heartbeat capacity", Metric: "bare Connect handler: rate held at p99 < 20 ms", Value: float64(bare.rate), Unit: "/s", Note: note},
 		{Scenario: "heartbeat capacity", Metric: "captaind (3 nodes): rate held at p99 < 20 ms", Value: float64(captain.rate), Unit: "/s"},
 		{Scenario: "heartbeat capacity", Metric: "captaind / bare", Value: ratio, Unit: "%", Target: ">= 90 %", Meets: boolp(ratio >= 90)},
 	}
+	// The rates held swing by a stride between runs; the CPU each server spends per heartbeat
+	// at the same offered rate does not, and says what Captain adds to the Connect stack.
+	if rate, b, c, ok := sameRate(bareSteps, captainSteps); ok {
+		out = append(out,
+			result{Scenario: "heartbeat capacity", Metric: fmt.Sprintf("server CPU per heartbeat at %d/s, bare Connect handler", rate), Value: b / float64(rate) * 1e6, Unit: "µs"},
+			result{Scenario: "heartbeat capacity", Metric: fmt.Sprintf("server CPU per heartbeat at %d/s, captaind (all 3 nodes)", rate), Value: c / float64(rate) * 1e6, Unit: "µs"},
+			result{Scenario: "heartbeat capacity", Metric: "captaind's CPU per heartbeat / bare's", Value: c / b * 100, Unit: "%"},
+		)
+	}
+	return out
+}
+
+// sameRate picks the highest rate both searches measured and held, and the server CPU each
+// used there.
+func sameRate(bare, captain []step) (rate int, bareCores, captainCores float64, ok bool) {
+	for _, b := range bare {
+		for _, c := range captain {
+			if b.rate == c.rate && b.holds() && c.holds() && b.rate > rate && b.servers > 0 {
+				rate, bareCores, captainCores, ok = b.rate, b.servers, c.servers, true
+			}
+		}
+	}
+	return rate, bareCores, captainCores, ok
 }
