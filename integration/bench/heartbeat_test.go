@@ -47,8 +47,9 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	b := startBeats(agents, interval)
 	defer b.stop()
 
-	warmup := scaledDur(5*time.Second, scale, 2*time.Second)
-	window := scaledDur(20*time.Second, scale, 5*time.Second)
+	// 60 s of heartbeats at scale 1 (DESIGN §10): 10 s to reach steady state, 50 s measured.
+	warmup := scaledDur(10*time.Second, scale, 2*time.Second)
+	window := scaledDur(50*time.Second, scale, 5*time.Second)
 	time.Sleep(warmup) // a warm-up of fixed length, not a wait for a condition
 	before, err := c.commitIndex(ctx)
 	if err != nil {
