@@ -196,6 +196,16 @@ type simHost struct {
 	want   map[string]*captainv1.DesiredApp // pipeline -> desired
 	done   map[string]string                // pipeline -> deployment reported
 	kick   chan struct{}
+	// failAbove makes releases above it fail their health check (0: none fail); the host
+	// holds after reporting a failure, so the rollback that follows stays in progress.
+	failAbove uint64
+}
+
+// FailAbove makes the host fail every release above r, and hold after each failure.
+func (h *simHost) FailAbove(r uint64) {
+	h.mu.Lock()
+	h.failAbove = r
+	h.mu.Unlock()
 }
 
 // addHost registers a simulated host with labels and starts it.
@@ -277,6 +287,7 @@ func (h *simHost) reportHealthy(ctx context.Context) {
 		return
 	}
 	var events []*captainv1.HostEvent
+	failed := false
 	for p, app := range h.want {
 		id := app.GetDeploymentId()
 		if id == "" || h.done[p] == id {
@@ -285,7 +296,7 @@ func (h *simHost) reportHealthy(ctx context.Context) {
 		h.seq++
 		now := timestamppb.Now()
 		target := fmt.Sprintf("releases/%d-%s", app.GetRelease(), id)
-		events = append(events, &captainv1.HostEvent{
+		ev := &captainv1.HostEvent{
 			Seq: h.seq, Pipeline: p, DeploymentId: id, Release: app.GetRelease(), At: now,
 			State: captainv1.HostDeployState_HOST_DEPLOY_STATE_HEALTHY, Message: "healthy",
 			Outputs: []*captainv1.StepOutput{{Name: "healthz", ExitCode: 0, Output: "GET /healthz: 200 ok", At: now, Passed: true}},
@@ -293,7 +304,17 @@ func (h *simHost) reportHealthy(ctx context.Context) {
 				Pipeline: p, Environment: app.GetEnvironment(), CurrentRelease: app.GetRelease(), CurrentTarget: target,
 				CurrentDeploymentId: id, Health: captainv1.HealthState_HEALTH_STATE_HEALTHY, LastResult: "healthy", ReportedAt: now,
 			},
-		})
+		}
+		if h.failAbove > 0 && app.GetRelease() > h.failAbove {
+			failed = true
+			ev.State, ev.Message = captainv1.HostDeployState_HOST_DEPLOY_STATE_FAILED, "health check healthz failed: GET /healthz: 503"
+			ev.Outputs[0].ExitCode, ev.Outputs[0].Output, ev.Outputs[0].Passed = 1, "GET /healthz: 503 config.json missing", false
+			ev.App.Health, ev.App.LastResult = captainv1.HealthState_HEALTH_STATE_UNHEALTHY, ev.Message
+		}
+		events = append(events, ev)
+	}
+	if failed {
+		h.hold = true
 	}
 	h.mu.Unlock()
 	if len(events) == 0 {

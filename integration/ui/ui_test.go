@@ -147,6 +147,56 @@ func TestPipelinePageShowsEachStagesReleaseAndPhaseAndFollowsChangesWithoutARelo
 	}
 }
 
+// soloPipeline is one stage with one environment: the smallest pipeline that can fail.
+const soloPipeline = `name: api
+deploy:
+  app_root: /srv/api
+  artifact_store: {bucket: captain-artifacts, region: us-east-1}
+stages:
+  - name: one-box
+    environments: [{name: one-box, selector: {stage: one-box}}]
+`
+
+func TestPipelinePageShowsAFailedReleaseRollingBackAndTheBlockWithoutAReload(t *testing.T) {
+	w := newWorld(t)
+	w.applyPipeline(soloPipeline)
+	host := w.addHost("api-1", false, map[string]string{"stage": "one-box"})
+	r1, _ := w.release("api", "first")
+	w.waitStage("api", "one-box", "approves #1", approved(r1))
+
+	p := newBrowser(t, w.cluster.Nodes[0].URL(), 1280, 900)
+	p.signIn(w.token("vera", captainv1.Role_ROLE_VIEWER), "/ui/p/api")
+	p.waitText("#stage-one-box .phase", "approved", 5*time.Second)
+	if _, err := eval[bool](p, `(window.__notReloaded = true)`); err != nil {
+		t.Fatal(err)
+	}
+
+	// The next release fails its health check on the host; the host then holds, so the
+	// automatic rollback to #1 stays in progress until the test lets it finish.
+	host.FailAbove(r1)
+	r2, _ := w.release("api", "second")
+	p.waitText("#stage-one-box .phase", "rolling back 0/1 hosts", 15*time.Second)
+	p.waitText("#stage-one-box .failure", "environment one-box", 5*time.Second)
+	p.waitText("#stage-one-box .block", "blocked in+out by captain", 5*time.Second)
+	p.waitText("#stage-one-box .block", fmt.Sprintf("release %d failed", r2), 5*time.Second)
+	if !p.exists("#stage-one-box progress") {
+		t.Error("no progress bar while rolling back")
+	}
+
+	host.Hold(false)
+	p.waitText("#stage-one-box .envs", "1/1 healthy", 15*time.Second)
+	p.waitText("#stage-one-box .envs", fmt.Sprintf("last good #%d", r1), 5*time.Second)
+	// The block stays until someone looks: the stage does not take #2 again by itself.
+	p.waitText("#stage-one-box .block", "blocked in+out by captain", 5*time.Second)
+	if got := w.stage("api", "one-box"); got.GetEnvironments()[0].GetCurrentRelease() != r1 {
+		t.Errorf("one-box runs #%d after the rollback, want #%d", got.GetEnvironments()[0].GetCurrentRelease(), r1)
+	}
+
+	if ok, err := eval[bool](p, `window.__notReloaded === true`); err != nil || !ok {
+		t.Fatalf("the page reloaded to show the changes (mark kept: %v, %v)", ok, err)
+	}
+}
+
 func TestRollbackWithPreviewAndConfirmShowsInTheHistory(t *testing.T) {
 	w, _ := standardWorld(t)
 	deployer := w.token("dora", captainv1.Role_ROLE_DEPLOYER)
