@@ -150,11 +150,7 @@ func (s step) holds() bool {
 // searchCapacity finds the highest heartbeat rate the target answers at p99 < 20 ms in the
 // median of three windows: rates rise by stride until one fails, then the rate half a stride
 // below that is tried. The agents beat once a second, so a rate is a number of agents.
-func searchCapacity(t *testing.T, name string, agents []*simAgent, stride int, window time.Duration, servers []int) (best step, steps []step) {
-	const windows = 3
-	// Long enough for every agent's first beats (forwarded by a follower until the agent
-	// learns the leader), connections opened and stacks and heap grown: steady state.
-	const warmup = 5 * time.Second
+func searchCapacity(t *testing.T, name string, agents []*simAgent, stride int, window, warmup time.Duration, windows int, servers []int) (best step, steps []step) {
 	measure := func(rate int) step {
 		b := startBeats(agents[:rate], time.Second)
 		time.Sleep(warmup) // warm-up: every agent's first beat, connections opened
@@ -195,7 +191,7 @@ func searchCapacity(t *testing.T, name string, agents []*simAgent, stride int, w
 			shown[i] = fmt.Sprintf("%.2f", p)
 		}
 		slices.Sort(p99s)
-		s := step{rate: rate, answered: float64(answered) / (window.Seconds() * windows), p99: p99s[len(p99s)/2], errs: errs, servers: servers}
+		s := step{rate: rate, answered: float64(answered) / (window.Seconds() * float64(windows)), p99: p99s[len(p99s)/2], errs: errs, servers: servers}
 		t.Logf("%s: %d/s offered, %.0f/s answered, p99 per window %s ms (median %.2f), %d errors; CPU cores: %s", name, rate, s.answered, strings.Join(shown, " "), s.p99, errs, strings.Join(cpu, ", "))
 		return s
 	}
@@ -235,6 +231,14 @@ func benchCapacity(t *testing.T, e *env) []result {
 	stride := scaled(2000, e.scale, 200)
 	top := scaled(16000, e.scale, 1000)
 	window := scaledDur(4*time.Second, e.scale, 2*time.Second)
+	// The warm-up is long enough at scale 1 for every agent's first beats (forwarded by a
+	// follower until the agent learns the leader), connections opened and stacks and heap
+	// grown. A quick run (BENCH_SCALE < 1) measures one window per rate.
+	warmup := scaledDur(5*time.Second, e.scale, 2*time.Second)
+	windows := 3
+	if e.scale < 1 {
+		windows = 1
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -256,7 +260,7 @@ func benchCapacity(t *testing.T, e *env) []result {
 			}
 			agents[i] = &simAgent{id: fmt.Sprintf("h-%05d", i), client: cl}
 		}
-		bare, bareSteps = searchCapacity(t, "bare Connect handler", agents, stride, window, []int{p.PID()})
+		bare, bareSteps = searchCapacity(t, "bare Connect handler", agents, stride, window, warmup, windows, []int{p.PID()})
 		p.Stop(5 * time.Second)
 	})
 
@@ -273,14 +277,14 @@ func benchCapacity(t *testing.T, e *env) []result {
 		for _, n := range c.Nodes {
 			pids = append(pids, n.PID())
 		}
-		captain, captainSteps = searchCapacity(t, "captaind", agents, stride, window, pids)
+		captain, captainSteps = searchCapacity(t, "captaind", agents, stride, window, warmup, windows, pids)
 	})
 
 	ratio := 0.0
 	if bare.rate > 0 {
 		ratio = float64(captain.rate) / float64(bare.rate) * 100
 	}
-	note := fmt.Sprintf("rates tried in steps of %d up to %d agents at 1 heartbeat/s; p99 of three %s windows after a 5 s warm-up, the median window counts; load generator on the same cores", stride, top, window)
+	note := fmt.Sprintf("rates tried in steps of %d up to %d agents at 1 heartbeat/s; p99 of %d %s window(s) after a %s warm-up, the median window counts; load generator on the same cores", stride, top, windows, window, warmup)
 	out := []result{
 		{Scenario: "heartbeat capacity", Metric: "bare Connect handler: rate held at p99 < 20 ms", Value: float64(bare.rate), Unit: "/s", Note: note},
 		{Scenario: "heartbeat capacity", Metric: "captaind (3 nodes): rate held at p99 < 20 ms", Value: float64(captain.rate), Unit: "/s"},
