@@ -189,7 +189,7 @@ func TestInstalledAgentDeploysAndRestartsAUnitAndCarriesOnAfterSIGKILL(t *testin
 	samplePID := show("sample.service", "MainPID")
 
 	restarts, agentPID := show("captain-agent.service", "NRestarts"), show("captain-agent.service", "MainPID")
-	run("systemctl", "kill", "-s", "SIGKILL", "captain-agent.service")
+	run("systemctl", "kill", "--kill-whom=main", "-s", "SIGKILL", "captain-agent.service")
 	killed := time.Now()
 	deadline := killed.Add(30 * time.Second)
 	for show("captain-agent.service", "NRestarts") == restarts || show("captain-agent.service", "ActiveState") != "active" ||

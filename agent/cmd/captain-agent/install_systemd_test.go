@@ -186,7 +186,7 @@ func TestInstallRunsUnderSystemdSurvivesSIGKILLAndUninstalls(t *testing.T) {
 
 	restarts := show("NRestarts")
 	pid := show("MainPID")
-	run("systemctl", "kill", "-s", "SIGKILL", "captain-agent.service")
+	run("systemctl", "kill", "--kill-whom=main", "-s", "SIGKILL", "captain-agent.service")
 	deadline := time.Now().Add(30 * time.Second)
 	for show("NRestarts") == restarts || show("ActiveState") != "active" || show("MainPID") == pid {
 		if time.Now().After(deadline) {
