@@ -84,33 +84,12 @@ func (b *beats) beat(ctx context.Context, a *simAgent, interval time.Duration) {
 	}
 }
 
-// record turns recording into window 1 on or off.
-func (b *beats) record(on bool) {
-	if on {
-		b.window.Store(1)
-	} else {
-		b.window.Store(0)
-	}
-}
+// record records the calls sent from now on as window w (1, 2, ...); 0 stops recording.
+func (b *beats) record(w int32) { b.window.Store(w) }
 
-// recordWindow records the calls sent from now on as window w (1, 2, ...); 0 stops.
-func (b *beats) recordWindow(w int32) { b.window.Store(w) }
-
-// stop ends the fleet and returns the recorded latencies of every window, sorted, and the
-// failed calls.
-func (b *beats) stop() ([]time.Duration, int64) {
-	b.cancel()
-	b.wg.Wait()
-	out := make([]time.Duration, len(b.lat))
-	for i, s := range b.lat {
-		out[i] = s.d
-	}
-	slices.Sort(out)
-	return out, b.errs.Load()
-}
-
-// stopWindows ends the fleet and returns the sorted latencies of windows 1..n.
-func (b *beats) stopWindows(n int) ([][]time.Duration, int64) {
+// stop ends the fleet and returns the sorted latencies of windows 1..n and the failed calls.
+// Stopping again returns the same.
+func (b *beats) stop(n int) ([][]time.Duration, int64) {
 	b.cancel()
 	b.wg.Wait()
 	out := make([][]time.Duration, n)
@@ -161,10 +140,10 @@ func searchCapacity(t *testing.T, name string, agents []*simAgent, stride int, w
 			}
 		}
 		for w := range int32(windows) {
-			b.recordWindow(w + 1)
+			b.record(w + 1)
 			time.Sleep(window)
 		}
-		b.recordWindow(0)
+		b.record(0)
 		var cpu []string
 		servers := 0.0
 		for i, m := range meters {
@@ -176,7 +155,7 @@ func searchCapacity(t *testing.T, name string, agents []*simAgent, stride int, w
 			}
 			cpu = append(cpu, fmt.Sprintf("%s %.2f", who, c))
 		}
-		lats, errs := b.stopWindows(windows)
+		lats, errs := b.stop(windows)
 		// One stall of either process (a GC cycle, the scheduler) can push the p99 of a
 		// single window over the line at any rate; the median window says what the rate
 		// holds.

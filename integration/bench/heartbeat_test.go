@@ -45,7 +45,7 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	regTook := time.Since(regStart)
 	t.Logf("%d agents registered in %s", len(agents), regTook.Round(time.Millisecond))
 	b := startBeats(agents, interval)
-	defer b.stop()
+	defer b.stop(1)
 
 	// 60 s of heartbeats at scale 1 (DESIGN §10): 10 s to reach steady state, 50 s measured.
 	warmup := scaledDur(10*time.Second, scale, 2*time.Second)
@@ -64,7 +64,7 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 		t.Fatal(err)
 	}
 	windowStart := time.Now()
-	b.record(true)
+	b.record(1)
 	if profileDir() != "" {
 		path, err := c.profileLeader(ctx, leader, fmt.Sprintf("heartbeat-%d-leader", n), window)
 		if err != nil {
@@ -74,7 +74,7 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	} else {
 		time.Sleep(window) // the measurement window
 	}
-	b.record(false)
+	b.record(0)
 	leaderCores, err := cpu.cores()
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +87,8 @@ func heartbeatFleet(t *testing.T, e *env, n int) []result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	latencies, errCount := b.stop()
+	windows, errCount := b.stop(1)
+	latencies := windows[0]
 
 	// A host that went down in the window and came back has a liveness_since inside it.
 	down := 0
