@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -174,12 +173,12 @@ func TestCaptainDevStopsEverythingOnCtrlC(t *testing.T) {
 			dev := startDev(t, bins.Captain, tmp, args...)
 
 			harness.Eventually(t, 3*time.Minute, "captain dev to finish its scripted part and wait for Ctrl-C", func() bool {
-				if exited, err := dev.exited(); exited {
-					t.Fatalf("captain dev exited before Ctrl-C: %v\n%s", err, dev.out.String())
+				if exited, err := dev.Exited(); exited {
+					t.Fatalf("captain dev exited before Ctrl-C: %v\n%s", err, dev.Log())
 				}
-				return strings.Contains(dev.out.String(), "running until Ctrl-C")
+				return strings.Contains(dev.Log(), "running until Ctrl-C")
 			})
-			text := dev.out.String()
+			text := dev.Log()
 			checkAccessLines(t, text)
 
 			// The export lines pasted into a shell, then the commands of the other issues.
@@ -243,15 +242,15 @@ func TestCaptainDevStopsEverythingOnCtrlC(t *testing.T) {
 				}
 			}
 
-			if err := dev.cmd.Process.Signal(os.Interrupt); err != nil {
+			if err := dev.Signal(os.Interrupt); err != nil {
 				t.Fatal(err)
 			}
-			exited, err := dev.wait(60 * time.Second)
+			exited, err := dev.Wait(60 * time.Second)
 			if !exited {
-				t.Fatalf("captain dev still running 60s after SIGINT\n%s", dev.out.String())
+				t.Fatalf("captain dev still running 60s after SIGINT\n%s", dev.Log())
 			}
 			if err != nil {
-				t.Errorf("captain dev after SIGINT: %v\n%s", err, dev.out.String())
+				t.Errorf("captain dev after SIGINT: %v\n%s", err, dev.Log())
 			}
 			if left := processesUnder(t, dir); len(left) > 0 {
 				t.Errorf("processes still running from %s after SIGINT:\n%s", dir, strings.Join(left, "\n"))
@@ -268,7 +267,7 @@ func TestCaptainDevStopsEverythingOnCtrlC(t *testing.T) {
 						t.Errorf("--keep: %v", err)
 					}
 				}
-				if !strings.Contains(dev.out.String(), "stopped; state kept in "+dir) {
+				if !strings.Contains(dev.Log(), "stopped; state kept in "+dir) {
 					t.Errorf("output does not say the state was kept in %s", dir)
 				}
 			} else if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -286,36 +285,20 @@ func TestCaptainDevStopsEverythingOnCtrlC(t *testing.T) {
 	}
 }
 
-// devProcess is a running `captain dev`.
-type devProcess struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
-}
-
 // startDev starts captain dev with TMPDIR set to tmp. If the test ends with it still running,
 // it gets a Ctrl-C, then SIGKILL, and whatever it left under its --dir is killed by pid.
-func startDev(t *testing.T, captain, tmp string, args ...string) *devProcess {
+func startDev(t *testing.T, captain, tmp string, args ...string) *harness.Process {
 	t.Helper()
-	d := &devProcess{out: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(captain, args...)
-	d.cmd.Env = append(withoutCaptainEnv(os.Environ()), "TMPDIR="+tmp)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.done)
-	}()
+	cmd := exec.Command(captain, args...)
+	cmd.Env = append(withoutCaptainEnv(os.Environ()), "TMPDIR="+tmp)
+	dev := harness.StartCmd(t, "captain dev", cmd)
 	dir := args[slices.Index(args, "--dir")+1]
+	// Registered after StartCmd's cleanup, so it runs first: the Ctrl-C a user would give.
 	t.Cleanup(func() {
-		if exited, _ := d.exited(); !exited {
-			_ = d.cmd.Process.Signal(os.Interrupt)
-			if ok, _ := d.wait(60 * time.Second); !ok {
-				_ = d.cmd.Process.Kill()
-				<-d.done
+		if exited, _ := dev.Exited(); !exited {
+			_ = dev.Signal(os.Interrupt)
+			if ok, _ := dev.Wait(60 * time.Second); !ok {
+				dev.Kill()
 			}
 		}
 		for _, p := range processesUnder(t, dir) {
@@ -323,29 +306,8 @@ func startDev(t *testing.T, captain, tmp string, args ...string) *devProcess {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
-		if t.Failed() {
-			t.Logf("output of captain %s:\n%s", strings.Join(args, " "), d.out.String())
-		}
 	})
-	return d
-}
-
-func (d *devProcess) exited() (bool, error) {
-	select {
-	case <-d.done:
-		return true, d.err
-	default:
-		return false, nil
-	}
-}
-
-func (d *devProcess) wait(within time.Duration) (bool, error) {
-	select {
-	case <-d.done:
-		return true, d.err
-	case <-time.After(within):
-		return false, nil
-	}
+	return dev
 }
 
 // withoutCaptainEnv drops CAPTAIN_* from env: the test must reach the demo through what it
@@ -358,23 +320,6 @@ func withoutCaptainEnv(env []string) []string {
 		}
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // alive is false for a process that is gone or a zombie waiting to be reaped.

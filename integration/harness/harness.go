@@ -138,13 +138,23 @@ func Start(t testing.TB, name, bin string, env []string, args ...string) *Proces
 	return launch(t, name, bin, exec.Command(bin, args...), env, args)
 }
 
+// StartCmd is Start for a command the caller prepared: its Env, when set, replaces this
+// process's environment instead of adding to it.
+func StartCmd(t testing.TB, name string, cmd *exec.Cmd) *Process {
+	t.Helper()
+	return launch(t, name, cmd.Path, cmd, nil, cmd.Args[1:])
+}
+
 // launch starts cmd, which runs bin with args (directly or through a wrapper such as
 // ip netns exec that execs bin in place), as Start describes.
 func launch(t testing.TB, name, bin string, cmd *exec.Cmd, env, args []string) *Process {
 	t.Helper()
 	p := &Process{Name: name, Args: args, log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = cmd
-	p.cmd.Env = append(os.Environ(), env...)
+	if p.cmd.Env == nil {
+		p.cmd.Env = os.Environ()
+	}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
@@ -188,6 +198,9 @@ func (p *Process) Wait(d time.Duration) (bool, error) {
 		return false, nil
 	}
 }
+
+// Signal sends sig to the process alone, as a terminal's Ctrl-C (os.Interrupt) would.
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
 // Kill sends SIGKILL to the process group and waits for the process.
 func (p *Process) Kill() {
